@@ -1,0 +1,46 @@
+# NeuroForge-Lit: `make book` builds the executed HTML book, `make test` checks the package.
+# Each target sets itself up from nothing (a .venv here), so both work on a fresh clone.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# The data: $NEUROFORGE_DATA_DIR if set; else ../shared/data beside the checkout, if there;
+# else the loader's cache folder (and a download through torchvision on a connected machine).
+ifeq ($(NEUROFORGE_DATA_DIR),)
+ifneq ($(wildcard ../shared/data/mnist),)
+export NEUROFORGE_DATA_DIR := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: setup tangle check test lint book chapter bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	touch $@
+
+tangle: setup                    ## book -> neuroforge_lit/ (the generated modules)
+	$(BIN)/neuroforge-lit tangle
+
+check: setup                     ## fail if the committed package differs from the book
+	$(BIN)/neuroforge-lit tangle --check
+
+lint: setup
+	$(BIN)/ruff check neuroforge_lit tests benchmarks book/_ext
+
+test: check lint                 ## the tangle check, lint, then the test suite
+	$(BIN)/python -m pytest
+
+book: tangle                     ## tangle, then execute every chapter and build _build/html
+	$(BIN)/jupyter-book build . --keep-going -W
+
+bench: setup                     ## print and save the benchmark figures (benchmarks/results/)
+	$(BIN)/python benchmarks/step_time.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,212 @@
+"""MNIST from the official IDX files, verified by MD5 before use.
+
+Hand-written (not generated from the book).
+
+    >>> from neuroforge_lit.data import load_mnist
+    >>> images, labels = load_mnist("train")      # (60000, 784) float32 in [0, 1], int64
+    >>> images, labels = load_mnist("test", flatten=False)   # (10000, 1, 28, 28)
+
+Where the files are looked for, in order:
+
+1. ``$NEUROFORGE_DATA_DIR`` -- in ``mnist/`` (the layout of the project's ``shared/data``),
+   torchvision's ``MNIST/raw/``, or the folder itself; gzipped or decompressed;
+2. the user cache folder (``$XDG_CACHE_HOME/neuroforge_lit``, else ``~/.cache/neuroforge_lit``),
+   same layouts;
+3. if still absent, a download through ``torchvision.datasets.MNIST`` into that cache folder.
+
+Every file's *decompressed* content is checked against the published MD5 before it is used:
+a corrupt or truncated copy is an error naming the file and both checksums, never silently used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["DataError", "load_mnist", "load_dataset", "read_idx", "train_val_split", "search_dirs"]
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt, or not what it claims to be."""
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The four IDX files of an MNIST-shaped dataset, with the MD5 of each decompressed file."""
+
+    name: str
+    subdirs: tuple[str, ...]          # layouts looked for below each search folder
+    files: dict[str, tuple[str, str]]  # role -> (file name, md5 of decompressed content)
+    torchvision_class: str             # for the download fallback
+
+
+MNIST = DatasetFiles(
+    name="mnist",
+    subdirs=("mnist", "MNIST/raw", "."),
+    files={
+        "train-images": ("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
+        "train-labels": ("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
+        "test-images": ("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
+        "test-labels": ("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
+    },
+    torchvision_class="MNIST",
+)
+
+DATASETS = {"mnist": MNIST}
+
+_IDX_MAGIC = {2049: 1, 2051: 3}  # 0x801: labels (1 dim), 0x803: images (3 dims), dtype uint8
+_loaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # verified reads only
+
+
+def search_dirs() -> list[Path]:
+    """The folders searched for data files, in order ($NEUROFORGE_DATA_DIR first, then the cache)."""
+    dirs = []
+    if os.environ.get("NEUROFORGE_DATA_DIR"):
+        dirs.append(Path(os.environ["NEUROFORGE_DATA_DIR"]).expanduser())
+    dirs.append(_cache_dir())
+    return dirs
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neuroforge_lit"
+
+
+def _candidates(spec: DatasetFiles, file_name: str) -> list[Path]:
+    return [
+        d / sub / (file_name + suffix)
+        for d in search_dirs()
+        for sub in spec.subdirs
+        for suffix in (".gz", "")
+    ]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as e:  # gzip raises EOFError on a truncated archive
+        raise DataError(f"{path}: cannot be read ({e}); the file is truncated or not gzip data") from e
+
+
+def read_idx(path: str | Path, expected_md5: str | None = None) -> torch.Tensor:
+    """Read one IDX file (optionally gzipped) into a uint8 tensor.
+
+    With ``expected_md5``, the decompressed content must have that MD5 or a ``DataError`` names
+    the file and both checksums. The header's magic number and sizes are checked either way.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if expected_md5 is not None:
+        actual = hashlib.md5(raw).hexdigest()
+        if actual != expected_md5:
+            raise DataError(
+                f"{path}: checksum mismatch (MD5 of the decompressed content is {actual}, expected "
+                f"{expected_md5}); the file is corrupt or truncated: delete it and provide a fresh copy"
+            )
+    if len(raw) < 8:
+        raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
+    magic, count = struct.unpack(">II", raw[:8])
+    if magic not in _IDX_MAGIC:
+        raise DataError(
+            f"{path}: wrong magic number {magic:#010x}; an MNIST IDX file starts with "
+            "0x00000801 (labels) or 0x00000803 (images)"
+        )
+    ndim = _IDX_MAGIC[magic]
+    header = 4 + 4 * ndim
+    dims = (count, *struct.unpack(">" + "I" * (ndim - 1), raw[8:header]))
+    expected_len = header + int(torch.tensor(dims).prod())
+    if len(raw) != expected_len:
+        raise DataError(
+            f"{path}: {len(raw)} bytes, but its header (dims {dims}) promises {expected_len}"
+        )
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _find(spec: DatasetFiles, role: str) -> Path | None:
+    file_name, _ = spec.files[role]
+    return next((p for p in _candidates(spec, file_name) if p.is_file()), None)
+
+
+def _download(spec: DatasetFiles) -> None:
+    """Fetch the dataset through torchvision into the cache folder (a no-op where it is present)."""
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as e:
+        raise DataError("torchvision is not installed, so the files cannot be downloaded") from e
+    cls = getattr(tvd, spec.torchvision_class)
+    for train in (True, False):
+        cls(root=str(_cache_dir()), train=train, download=True)
+
+
+def _missing_message(spec: DatasetFiles, missing: list[str], why: str) -> str:
+    names = ", ".join(spec.files[r][0] + "[.gz]" for r in missing)
+    where = "\n  ".join(str(d / s) for d in search_dirs() for s in spec.subdirs)
+    return (
+        f"{spec.name}: could not find {names}.\nLooked in:\n  {where}\n"
+        f"The download through torchvision failed too: {why}\n"
+        f"Provide the files: set NEUROFORGE_DATA_DIR to a folder that holds them "
+        f"(in {spec.subdirs[0]}/ or MNIST/raw/), or copy them into {_cache_dir() / spec.subdirs[0]}."
+    )
+
+
+def load_dataset(
+    name: str = "mnist", split: str = "train", *, flatten: bool = True, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 in [0, 1], (N, 784) or (N, 1, 28, 28), and int64 labels (N,)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    spec = DATASETS[name]
+    key = (name, split)
+    if key not in _loaded:
+        roles = [f"{split}-images", f"{split}-labels"]
+        missing = [r for r in roles if _find(spec, r) is None]
+        if missing:
+            why = "download=False"
+            if download:
+                try:
+                    _download(spec)
+                    why = "it reported success, yet the files are still absent"
+                except Exception as e:  # noqa: BLE001 - any failure ends in the same clear message
+                    why = f"{type(e).__name__}: {e}"
+            missing = [r for r in roles if _find(spec, r) is None]
+            if missing:
+                raise DataError(_missing_message(spec, missing, why))
+        images, labels = (read_idx(_find(spec, r), spec.files[r][1]) for r in roles)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{_find(spec, roles[0])} holds images of shape {tuple(images.shape)} but "
+                f"{_find(spec, roles[1])} holds {len(labels)} labels; expected (N, 28, 28) and N"
+            )
+        _loaded[key] = (images, labels)
+    images, labels = _loaded[key]
+    x = images.to(torch.float32).div_(255.0)
+    x = x.reshape(len(x), -1) if flatten else x.unsqueeze(1)
+    return x, labels.to(torch.int64)
+
+
+def load_mnist(split: str = "train", *, flatten: bool = True, download: bool = True):
+    """The official MNIST ``split`` ("train": 60,000 digits, "test": 10,000); see ``load_dataset``."""
+    return load_dataset("mnist", split, flatten=flatten, download=download)
+
+
+def train_val_split(images: torch.Tensor, labels: torch.Tensor, n_val: int, seed: int = 0):
+    """Carve a random validation set of ``n_val`` examples out of a training set (never the test set).
+
+    Returns ``(train_images, train_labels), (val_images, val_labels)``.
+    """
+    if not 0 < n_val < len(images):
+        raise ValueError(f"n_val must be in (0, {len(images)}), got {n_val}")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val], perm[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
