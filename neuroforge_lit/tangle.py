@@ -281,6 +281,7 @@ def render(root: Path) -> dict[str, Module]:
     for chapter in toc_chapters(root):
         cells, labels, _ = chapter_cells(root, chapter)
         for cell in cells:
+            _parse_cell(cell)  # a syntax error is reported as such, before anything else looks
             for label, line in _cited_labels(cell):
                 if label not in labels:
                     raise TangleError(f"{chapter}:{line}: cites equation '{label}', which is not "

@@ -1,0 +1,33 @@
+"""Shared fixtures. The real MNIST is found through $NEUROFORGE_DATA_DIR (CI and `make test` set
+it to ../shared/data); tests that need it say so in their skip reason when it is absent."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if not os.environ.get("NEUROFORGE_DATA_DIR") and (SHARED_DATA / "mnist").is_dir():
+    os.environ["NEUROFORGE_DATA_DIR"] = str(SHARED_DATA)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
+
+
+def f64(*shape, gen, scale=1.0):
+    return scale * torch.randn(*shape, dtype=torch.float64, generator=gen)
+
+
+@pytest.fixture(scope="session")
+def mnist_available():
+    from neuroforge_lit.data import MNIST, _find
+
+    if any(_find(MNIST, role) is None for role in MNIST.files):
+        pytest.skip("the real MNIST is not available here: set NEUROFORGE_DATA_DIR "
+                    "(CI sets it to ../shared/data)")
+    return True

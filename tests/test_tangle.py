@@ -1,0 +1,191 @@
+"""The tangler: output, determinism, --check, and every error a contributor can make."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from neuroforge_lit import tangle as T
+from neuroforge_lit.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
+
+
+def cell(code: str, options: str = "") -> str:
+    return f"```{{code-cell}} ipython3\n{options}{textwrap.dedent(code).strip()}\n```\n"
+
+
+def make_book(tmp_path: Path, chapters: dict[str, str], toc: list[str] | None = None) -> Path:
+    (tmp_path / "book").mkdir()
+    (tmp_path / "neuroforge_lit").mkdir()
+    (tmp_path / "neuroforge_lit" / "__init__.py").write_text("")
+    for name, body in chapters.items():
+        (tmp_path / "book" / f"{name}.md").write_text(HEADER + body)
+    names = toc if toc is not None else list(chapters)
+    entries = "".join(f"  - file: book/{n}\n" for n in names[1:])
+    (tmp_path / "_toc.yml").write_text(f"format: jb-book\nroot: book/{names[0]}\nchapters:\n{entries}")
+    return tmp_path
+
+
+GOOD = {
+    "a": "# Chapter A\n\n$$ y = 2x $$ (eq-a-double)\n\n" + cell('''
+        #| export neuroforge_lit.alpha
+        import torch
+
+        def double(x):
+            return 2 * x   # (eq-a-double)
+        ''') + "\n" + cell("print(double(3))") + "\n" + cell('''
+        #| export neuroforge_lit.alpha
+        import math
+        import torch
+
+        def root(x):
+            return math.sqrt(x)
+        ''', options=":tags: [hide-input]\n"),
+    "b": "# Chapter B\n\n" + cell('''
+        #| export neuroforge_lit.beta
+        from neuroforge_lit.alpha import double
+
+        def quadruple(x):
+            return double(double(x))
+        '''),
+}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((root / "neuroforge_lit").glob("*.py"))}
+
+
+def test_tangle_writes_modules_with_header_provenance_and_sorted_imports(tmp_path):
+    root = make_book(tmp_path, GOOD)
+    changed = T.tangle(root)
+    assert changed == ["neuroforge_lit/alpha.py", "neuroforge_lit/beta.py"]
+    alpha = (root / "neuroforge_lit" / "alpha.py").read_text()
+    assert alpha.startswith(T.GENERATED_MARK)
+    assert "# book/a.md:14\ndef double(x):" in alpha        # provenance: the chapter line
+    assert alpha.count("import torch") == 1                  # de-duplicated
+    assert alpha.index("import math") < alpha.index("import torch")
+    assert '__all__ = [\n    "double",\n    "root",\n]' in alpha
+    assert "print(double(3))" not in alpha                   # book-only cells stay in the book
+    # The generated package imports and works.
+    code = "from neuroforge_lit.beta import quadruple; print(quadruple(5))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.stdout.strip() == "20", out.stderr
+
+
+def test_tangle_is_deterministic_and_idempotent(tmp_path):
+    root = make_book(tmp_path, GOOD)
+    T.tangle(root)
+    first = snapshot(root)
+    assert T.tangle(root) == []
+    assert snapshot(root) == first
+    assert T.check(root) == ""
+
+
+def test_check_reports_a_diff_and_exit_code(tmp_path, capsys):
+    root = make_book(tmp_path, GOOD)
+    T.tangle(root)
+    assert cli_main(["tangle", "--check", "--root", str(root)]) == 0
+    path = root / "neuroforge_lit" / "alpha.py"
+    path.write_text(path.read_text().replace("2 * x", "3 * x"))   # a hand edit of generated code
+    assert cli_main(["tangle", "--check", "--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert "-    return 3 * x" in out.out and "+    return 2 * x" in out.out
+    assert "differs from the book" in out.err
+
+
+def test_stale_generated_module_is_removed(tmp_path):
+    root = make_book(tmp_path, GOOD)
+    T.tangle(root)
+    (root / "book" / "b.md").write_text(HEADER + "# Chapter B\n\nNo code any more.\n")
+    assert "beta" in T.check(root)
+    T.tangle(root)
+    assert not (root / "neuroforge_lit" / "beta.py").exists()
+
+
+BAD = {
+    "unknown module name": (cell("#| export neuroforge_lit.Bad-Name\nx = 1"), "a.md:9",
+                            "does not name a module"),
+    "module outside the package": (cell("#| export torch.nn\nx = 1"), "a.md:9", "does not name a module"),
+    "hand-written module": (cell("#| export neuroforge_lit.data\nx = 1"), "a.md:9", "hand-written module"),
+    "directive typo": (cell("#| exprot neuroforge_lit.alpha\nx = 1"), "a.md:9", "unknown directive 'exprot'"),
+    "syntax error": (cell("#| export neuroforge_lit.alpha\ndef f(:\n    pass"), "a.md:10", "syntax error"),
+    "duplicate name in one chapter": (
+        cell("#| export neuroforge_lit.alpha\ndef f():\n    pass") + "\n"
+        + cell("#| export neuroforge_lit.alpha\ndef f():\n    return 1"),
+        "a.md:16", "'f' is already defined at book/a.md:10"),
+    "unclosed fence": ("text\n\n```{code-cell} ipython3\n#| export neuroforge_lit.alpha\nx = 1\n",
+                       "a.md:10", "never closed"),
+    "notebook-only variable": (
+        cell("data = [1, 2]") + "\n" + cell("#| export neuroforge_lit.alpha\ndef f():\n    return len(data)"),
+        "a.md:15", "'data' is not defined"),
+    "statement that runs on import": (cell("#| export neuroforge_lit.alpha\nprint('hi')"), "a.md:10",
+                                      "would run when the module is imported"),
+    "unknown equation label": (cell("#| export neuroforge_lit.alpha\ny = 1  # (eq-nowhere)"), "a.md:10",
+                               "cites equation 'eq-nowhere'"),
+    "export in a plain fence": ("```python\n#| export neuroforge_lit.alpha\nx = 1\n```\n", "a.md:9",
+                                "plain 'python' fence"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_chapter_is_a_clear_error_and_leaves_the_package_alone(case, tmp_path, capsys):
+    body, where, message = BAD[case]
+    root = make_book(tmp_path, {"a": "# A\n\n" + body})
+    pkg = root / "neuroforge_lit"
+    (pkg / "alpha.py").write_text(T.GENERATED_MARK + " from before\nx = 0\n")
+    before = snapshot(root)
+    with pytest.raises(T.TangleError) as err:
+        T.tangle(root)
+    assert str(err.value).startswith(f"book/{where}:"), str(err.value)
+    assert message in str(err.value)
+    assert snapshot(root) == before                               # nothing written, nothing removed
+    assert cli_main(["tangle", "--root", str(root)]) == 2          # the CLI: one line, non-zero
+    assert f"error: book/{where}:" in capsys.readouterr().err
+
+
+def test_same_name_exported_by_two_chapters(tmp_path):
+    body = cell("#| export neuroforge_lit.alpha\ndef f():\n    pass")
+    other = cell("#| export neuroforge_lit.beta\ndef f():\n    pass")
+    root = make_book(tmp_path, {"a": "# A\n\n" + body, "b": "# B\n\n" + other})
+    with pytest.raises(T.TangleError, match=r"^book/b\.md:10: 'f' is already defined at book/a\.md:10"):
+        T.tangle(root)
+
+
+def test_chapter_in_toc_missing_from_disk(tmp_path):
+    root = make_book(tmp_path, GOOD, toc=["a", "b", "c"])
+    with pytest.raises(T.TangleError, match=r"^_toc\.yml:\d+: lists 'book/c', but no book/c\.md exists"):
+        T.tangle(root)
+    assert snapshot(root) == {"__init__.py": ""}
+
+
+def test_refuses_to_overwrite_a_hand_written_module(tmp_path):
+    root = make_book(tmp_path, GOOD)
+    (root / "neuroforge_lit" / "alpha.py").write_text("# my own code\n")
+    with pytest.raises(T.TangleError, match="hand-written"):
+        T.tangle(root)
+    assert (root / "neuroforge_lit" / "alpha.py").read_text() == "# my own code\n"
+
+
+def test_import_time_failure_is_caught_by_check(tmp_path):
+    # Defined at module level but failing only when run: found by importing in a fresh interpreter.
+    body = cell("#| export neuroforge_lit.alpha\nimport math\nLIMIT = math.sqrt(-1)")
+    root = make_book(tmp_path, {"a": "# A\n\n" + body})
+    T.tangle(root)
+    with pytest.raises(T.TangleError, match=r"^book/a\.md:11: neuroforge_lit\.alpha fails to import"):
+        T.check(root)
+
+
+def test_the_real_book_and_package_agree():
+    assert T.check(ROOT) == "", "run `make tangle` and commit the generated modules"
+
+
+def test_chapter_dependencies_follow_imports_transitively(tmp_path):
+    root = make_book(tmp_path, {**GOOD, "c": "# C\n\n" + cell("from neuroforge_lit.beta import quadruple")})
+    T.tangle(root)
+    deps = [p.name for p in T.chapter_dependencies(root, "book/c.md")]
+    assert deps == ["alpha.py", "beta.py"]
+    assert T.chapter_dependencies(root, "book/a.md") == []
