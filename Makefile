@@ -39,6 +39,10 @@ test: check lint                 ## the tangle check, lint, then the test suite
 book: tangle                     ## tangle, then execute every chapter and build _build/html
 	$(BIN)/jupyter-book build . --keep-going -W
 
+chapter: tangle                  ## execute one chapter alone: make chapter CH=03
+	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }
+	$(BIN)/neuroforge-lit chapter $(CH)
+
 bench: setup                     ## print and save the benchmark figures (benchmarks/results/)
 	$(BIN)/python benchmarks/step_time.py
 

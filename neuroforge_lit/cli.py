@@ -16,8 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 with a diff if the package differs from the book")
     t.add_argument("--root", type=Path, default=None, help="the book's root (holds _toc.yml)")
+    c = sub.add_parser("chapter", help="execute one chapter alone (needs the `book` extra)")
+    c.add_argument("chapter", help="a chapter number (03) or file stem (03_normalization)")
+    c.add_argument("--root", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
+        if args.command == "chapter":
+            root = (args.root or tangler.find_root(Path.cwd())).resolve()
+            return run_chapter(root, args.chapter)
         root = (args.root or tangler.find_root(Path.cwd())).resolve()
         if args.check:
             diff = tangler.check(root)
@@ -34,6 +40,42 @@ def main(argv: list[str] | None = None) -> int:
     except tangler.TangleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def run_chapter(root: Path, which: str) -> int:
+    """Execute one chapter in a fresh kernel; on failure print `chapter.md:LINE` and the error."""
+    import time
+
+    import jupytext
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    matches = [c for c in tangler.toc_chapters(root) if Path(c).stem.startswith(which)]
+    if len(matches) != 1:
+        print(f"error: '{which}' matches {matches or 'no chapter'} in _toc.yml", file=sys.stderr)
+        return 2
+    chapter = matches[0]
+    _, _, code_cells = tangler.chapter_cells(root, chapter)
+    nb = jupytext.read(root / chapter)
+    start = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=1200, resources={"metadata": {"path": str((root / chapter).parent)}}).execute()
+    except CellExecutionError as e:
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        failed = next((i for i, c in enumerate(code)
+                       if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        line = code_cells[failed][0] if failed is not None and failed < len(code_cells) else 1
+        err = next((o for o in code[failed].outputs if o.get("output_type") == "error"), {}) \
+            if failed is not None else {}
+        what = f"{err.get('ename', 'error')}: {err.get('evalue', '')}".strip() if err else str(e)
+        print(f"error: {chapter}:{line}: cell failed with {what}", file=sys.stderr)
+        return 1
+    finally:
+        out = root / "_build" / "chapters" / f"{Path(chapter).stem}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        jupytext.write(nb, out)
+    print(f"{chapter}: executed in {time.perf_counter() - start:.1f} s; outputs in {out.relative_to(root)}")
+    return 0
 
 
 if __name__ == "__main__":

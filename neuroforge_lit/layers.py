@@ -39,11 +39,14 @@ def relu_forward(x: torch.Tensor):
     return out, out
 
 
-# book/02_mlp.md:226
-def linear_backward(dout: torch.Tensor, cache):
-    """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,)."""
+# book/02_mlp.md:241
+def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True):
+    """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
+
+    With input_grad=False, dx is not computed (None): the first layer's input needs no gradient.
+    """
     x, W = cache
-    dx = dout @ W.T                                  # (eq-mlp-dx)
+    dx = dout @ W.T if input_grad else None          # (eq-mlp-dx)
     dW = x.T @ dout                                  # (eq-mlp-dw)
     db = dout.sum(0)                                 # (eq-mlp-db)
     return dx, dW, db
@@ -52,10 +55,10 @@ def linear_backward(dout: torch.Tensor, cache):
 def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     """Gradient of ReLU: dout where the output was positive, 0 elsewhere."""
     out = cache
-    return dout * (out > 0)                          # (eq-mlp-drelu)
+    return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:321
+# book/02_mlp.md:339
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 
@@ -67,7 +70,8 @@ class Layer:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def backward(self, dout: torch.Tensor) -> torch.Tensor:
+    def backward(self, dout: torch.Tensor, input_grad: bool = True) -> torch.Tensor | None:
+        """Fill self.grads and return dL/dinput (None when input_grad is False and it is skipped)."""
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> "Layer":
@@ -95,8 +99,8 @@ class Linear(Layer):
         out, self.cache = linear_forward(x, self.params["W"], self.params["b"])
         return out
 
-    def backward(self, dout):
-        dx, self.grads["W"], self.grads["b"] = linear_backward(dout, self.cache)
+    def backward(self, dout, input_grad=True):
+        dx, self.grads["W"], self.grads["b"] = linear_backward(dout, self.cache, input_grad)
         return dx
 
 
@@ -107,7 +111,7 @@ class ReLU(Layer):
         out, self.cache = relu_forward(x)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         return relu_backward(dout, self.cache)
 
 
@@ -123,9 +127,10 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+    def backward(self, dout, input_grad=True):
+        """Backward through every layer; input_grad=False skips the first layer's input gradient."""
+        for i in reversed(range(len(self.layers))):
+            dout = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
         return dout
 
     def train(self, mode: bool = True) -> "Sequential":

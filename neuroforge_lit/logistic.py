@@ -61,7 +61,7 @@ def logistic_backward(dz: torch.Tensor, cache: torch.Tensor):
     return dw, db
 
 
-# book/01_logistic_regression.md:273
+# book/01_logistic_regression.md:274
 def binary_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict:
     """Accuracy, precision and recall of boolean predictions against boolean targets, as floats."""
     if pred.shape != target.shape:

@@ -26,15 +26,19 @@ def _check_logits_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
                          f"{tuple(logits.shape)}, got {tuple(y.shape)}")
     if y.dtype != torch.int64:
         raise TypeError(f"labels must be int64 class indices, got {y.dtype}")
-    if y.numel() and (y.min() < 0 or y.max() >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in "
-                         f"[{y.min().item()}, {y.max().item()}]")
+    if y.numel():
+        lo, hi = (v.item() for v in torch.aminmax(y))
+        if lo < 0 or hi >= logits.shape[1]:
+            raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{lo}, {hi}]")
 
 
 def log_softmax(z: torch.Tensor) -> torch.Tensor:
-    """log softmax over the last dimension, stable for any finite logits."""
-    m = z.amax(dim=-1, keepdim=True)
-    return z - m - torch.log(torch.exp(z - m).sum(dim=-1, keepdim=True))   # (eq-mlp-logsoftmax)
+    """log softmax over the last dimension, stable for any finite logits.
+
+    torch.logsumexp computes m + log(sum(exp(z - m))) with m = max(z), the right-hand side of
+    the equation, in one pass.
+    """
+    return z - torch.logsumexp(z, dim=-1, keepdim=True)                    # (eq-mlp-logsoftmax)
 
 
 def softmax(z: torch.Tensor) -> torch.Tensor:
@@ -56,5 +60,6 @@ def softmax_cross_entropy(logits: torch.Tensor, y: torch.Tensor):
     logp = log_softmax(logits)
     loss = -logp.gather(1, y[:, None]).mean()                              # (eq-mlp-ce)
     dlogits = torch.exp(logp)                                              # P
-    dlogits[torch.arange(n, device=y.device), y] -= 1                      # P - Y_onehot
+    minus_one = torch.full((n, 1), -1.0, dtype=dlogits.dtype, device=dlogits.device)
+    dlogits.scatter_add_(1, y[:, None], minus_one)                         # P - Y_onehot
     return loss, dlogits.div_(n)                                           # (eq-mlp-dlogits)

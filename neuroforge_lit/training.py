@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:482
+# book/02_mlp.md:502
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 
@@ -98,7 +98,7 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
                 optimizer.lr = lr_schedule(step / (steps * epochs))
             logits = model.forward(x[idx])
             losses[i], dlogits = loss_fn(logits, *(t[idx] for t in targets))
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)        # the images need no gradient
             optimizer.step(model.parameters(), model.gradients())
             step += 1
         row = {"epoch": epoch, "train_loss": losses.mean().item(),
