@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neuroforge_lit.layers import mlp
+from neuroforge_lit.norm import normalized_mlp
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.training import GradientDescent
 
@@ -32,12 +32,12 @@ RESULTS = Path(__file__).parent / "results"
 
 # --- one model = a pair of step functions over the same random batch ---------------------------
 
-def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05):
+def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=None):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, sizes[0], generator=g).to(device)
     y = torch.randint(0, sizes[-1], (batch,), generator=g).to(device)
 
-    ours = mlp(list(sizes), generator=g, device=device)
+    ours = normalized_mlp(list(sizes), norm, generator=g, device=device)
     opt = GradientDescent(lr)
 
     def hand_step():
@@ -49,6 +49,10 @@ def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05):
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(b))
+            elif norm == "layer":
+                layers.append(nn.LayerNorm(b))
             layers.append(nn.ReLU())
     ref = nn.Sequential(*layers).to(device)
     ref_opt = _best_sgd(ref.parameters(), lr)
@@ -72,7 +76,11 @@ def _best_sgd(params, lr):
     raise RuntimeError("no SGD variant available")
 
 
-MODELS = {"mlp": mlp_pair}
+MODELS = {
+    "mlp": mlp_pair,
+    "mlp+batchnorm": lambda batch, device: mlp_pair(batch, device, norm="batch"),
+    "mlp+layernorm": lambda batch, device: mlp_pair(batch, device, norm="layer"),
+}
 
 
 # --- timing ---------------------------------------------------------------------------------------
