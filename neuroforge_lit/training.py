@@ -8,11 +8,10 @@ its equations, in the chapter(s) below; the comment above each block gives its c
 """
 
 import math
-import sys
 import time
 import torch
 from dataclasses import dataclass, field
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
 
 __all__ = [
@@ -24,7 +23,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:502
+# book/02_mlp.md:501
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 
@@ -74,12 +73,14 @@ class History:
 
 def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedule=None,
         loss_fn=softmax_cross_entropy, eval_sets: dict | None = None, seed: int = 0,
-        progress: bool = True, log=print) -> History:
+        progress: bool | None = None, log=print) -> History:
     """Train `model` by minibatches; returns a History.
 
     targets: a tensor, or a tuple of tensors (e.g. labels and teacher logits), indexed like x and
     passed to loss_fn(logits, *targets) -> (loss, dlogits). lr_schedule(progress in [0, 1]) sets
     optimizer.lr before every step. eval_sets: {"name": (x, y)} evaluated after every epoch.
+    progress: a tqdm bar per epoch; None (default) shows it only in a terminal. log: called with
+    one line per epoch (None for silence).
     """
     targets = targets if isinstance(targets, tuple) else (targets,)
     if any(len(t) != len(x) for t in targets):
@@ -91,8 +92,8 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         losses = torch.empty(steps, device=x.device)
-        for i in tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", disable=not progress,
-                      leave=False, file=sys.stdout, mininterval=2.0):
+        for i in tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=1.0,
+                      disable=None if progress is None else not progress):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             if lr_schedule is not None:
                 optimizer.lr = lr_schedule(step / (steps * epochs))
