@@ -59,7 +59,8 @@ def run_chapter(root: Path, which: str) -> int:
     nb = jupytext.read(root / chapter)
     start = time.perf_counter()
     try:
-        NotebookClient(nb, timeout=1200, resources={"metadata": {"path": str((root / chapter).parent)}}).execute()
+        where = {"metadata": {"path": str((root / chapter).parent)}}
+        NotebookClient(nb, timeout=1200, resources=where).execute()
     except CellExecutionError as e:
         code = [c for c in nb.cells if c.cell_type == "code"]
         failed = next((i for i, c in enumerate(code)

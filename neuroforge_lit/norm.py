@@ -172,7 +172,7 @@ class LayerNorm(Layer):
 
 
 def normalized_mlp(sizes, norm: str | None, *, generator=None, dtype=torch.float32, device=None):
-    """Linear -> [BatchNorm1d | LayerNorm] -> ReLU for every hidden layer; norm in {None, "batch", "layer"}."""
+    """Linear -> [BatchNorm1d | LayerNorm] -> ReLU per hidden layer; norm: None, "batch" or "layer"."""
     if norm not in (None, "batch", "layer"):
         raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
     layers = []

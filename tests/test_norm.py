@@ -78,7 +78,8 @@ def test_running_stats_update_is_pure(gen):
     rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     _, cache = batchnorm_forward(x, torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
     new_rm, new_rv = running_stats_update(rm, rv, cache)
-    assert torch.equal(rm, torch.zeros(3, dtype=torch.float64)) and torch.equal(rv, torch.ones(3, dtype=torch.float64))
+    assert torch.equal(rm, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(rv, torch.ones(3, dtype=torch.float64))
     assert not torch.equal(new_rm, rm)
 
 

@@ -1,0 +1,135 @@
+"""Optimizers: step-for-step agreement with torch.optim, state save/restore, bad input, NaN policy."""
+
+import io
+
+import pytest
+import torch
+
+from neuroforge_lit.optim import SGD, Adam, AdamW
+
+
+def _params(gen):
+    return [torch.randn(s, dtype=torch.float64, generator=gen) for s in [(5, 3), (3,), (2, 2, 2)]]
+
+
+CASES = [
+    (lambda: SGD(0.05), torch.optim.SGD, dict(lr=0.05)),
+    (lambda: SGD(0.05, weight_decay=0.02), torch.optim.SGD, dict(lr=0.05, weight_decay=0.02)),
+    (lambda: SGD(0.05, momentum=0.9, weight_decay=0.02), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.9, weight_decay=0.02)),
+    (lambda: SGD(0.05, momentum=0.8, nesterov=True), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.8, nesterov=True)),
+    (lambda: Adam(1e-2), torch.optim.Adam, dict(lr=1e-2)),
+    (lambda: Adam(1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1), torch.optim.Adam,
+     dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
+    (lambda: AdamW(1e-2), torch.optim.AdamW, dict(lr=1e-2)),
+    (lambda: AdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
+     dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
+]
+
+
+@pytest.mark.parametrize("make,cls,kwargs", CASES)
+def test_matches_torch_optim_for_120_steps(make, cls, kwargs, gen):
+    ours, start = make(), _params(gen)
+    mine = [p.clone() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    ref = cls(theirs, foreach=False, **kwargs)
+    for step in range(120):
+        grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) + 0.3 * p for p in mine]
+        if step == 60:                       # a schedule changing the learning rate mid-run
+            ours.lr = kwargs["lr"] / 2
+            for group in ref.param_groups:
+                group["lr"] = kwargs["lr"] / 2
+        ours.step(mine, grads)
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        ref.step()
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-13, atol=1e-13)
+    assert ours.t == 120
+
+
+@pytest.mark.parametrize("make", [c[0] for c in CASES])
+def test_resume_from_state_dict_is_bit_identical(make, gen):
+    start = _params(gen)
+    grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in start] for _ in range(30)]
+    a, opt_a = [p.clone() for p in start], make()
+    for g in grads:
+        opt_a.step(a, g)
+    b, opt_b = [p.clone() for p in start], make()
+    for g in grads[:13]:
+        opt_b.step(b, g)
+    buf = io.BytesIO()
+    torch.save({"params": b, "opt": opt_b.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    c, opt_c = [p.clone() for p in saved["params"]], make()
+    opt_c.load_state_dict(saved["opt"])
+    for g in grads[13:]:
+        opt_c.step(c, g)
+    assert all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_state_dict_is_a_copy(gen):
+    p = _params(gen)
+    opt = Adam(0.1)
+    opt.step(p, [torch.ones_like(q) for q in p])
+    sd = opt.state_dict()
+    opt.step(p, [torch.ones_like(q) for q in p])
+    assert sd["t"] == 1 and not torch.equal(sd["state"][0]["m"], opt.state[0]["m"])
+
+
+def test_load_state_dict_of_another_optimizer_is_refused(gen):
+    with pytest.raises(ValueError, match="state_dict is for SGD, not Adam"):
+        Adam().load_state_dict(SGD(0.1).state_dict())
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: SGD(-0.1), r"lr must be in \[0.0, inf\), got -0.1"),
+    (lambda: SGD(0.1, weight_decay=-1), "weight_decay must be in .*got -1"),
+    (lambda: SGD(0.1, momentum=1.0), r"momentum must be in \[0.0, 1.0\), got 1.0"),
+    (lambda: SGD(0.1, nesterov=True), "nesterov=True needs a momentum"),
+    (lambda: Adam(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0.0, 1.0\), got 1.0"),
+    (lambda: Adam(betas=(-0.1, 0.9)), r"betas\[0\] must be in"),
+    (lambda: Adam(eps=-1e-8), "eps must be in"),
+    (lambda: AdamW(weight_decay=-0.01), "weight_decay must be in"),
+])
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_schedule_cannot_set_a_negative_lr():
+    opt = SGD(0.1)
+    with pytest.raises(ValueError, match="lr must be in"):
+        opt.lr = -1.0
+
+
+def test_params_and_grads_must_match():
+    opt = Adam()
+    p = [torch.zeros(3), torch.zeros(2, 2)]
+    with pytest.raises(ValueError, match="2 parameters but 1 gradients"):
+        opt.step(p, [torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"parameter 1 has shape \(2, 2\) but its gradient has shape \(4,\)"):
+        opt.step(p, [torch.zeros(3), torch.zeros(4)])
+    opt.step(p, [torch.zeros(3), torch.zeros(2, 2)])
+    with pytest.raises(ValueError, match="holds state for 2 parameters, got 1"):
+        opt.step(p[:1], [torch.zeros(3)])
+
+
+@pytest.mark.parametrize("make", [c[0] for c in CASES])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_raises_and_changes_nothing(make, bad, gen):
+    p = _params(gen)
+    opt = make()
+    opt.step(p, [torch.ones_like(q) for q in p])
+    before_p, before_state = [q.clone() for q in p], opt.state_dict()
+    grads = [torch.ones_like(q) for q in p]
+    grads[2][0, 1, 0] = bad
+    with pytest.raises(FloatingPointError, match=r"parameter 2 \(shape \(2, 2, 2\)\) contains NaN or inf"):
+        opt.step(p, grads)
+    assert all(torch.equal(a, b) for a, b in zip(p, before_p))
+    after = opt.state_dict()
+    assert after["t"] == before_state["t"]
+    for s_a, s_b in zip(after["state"], before_state["state"]):
+        assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
