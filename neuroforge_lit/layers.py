@@ -81,6 +81,17 @@ class Layer:
     def eval(self) -> "Layer":
         return self.train(False)
 
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) for every parameter; layers made of layers list their parts' too."""
+        return list(self.params.items())
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for _, p in self.named_parameters()]
+
+    def gradients(self) -> list[torch.Tensor]:
+        """The gradients from the last backward, aligned with `parameters()`."""
+        return [self.grads[name] for name in self.params]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
@@ -141,22 +152,11 @@ class Sequential(Layer):
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """("<layer index>.<name>", tensor) for every parameter, in a fixed order."""
-        out = []
-        for i, layer in enumerate(self.layers):
-            inner = layer.named_parameters() if isinstance(layer, Sequential) else layer.params.items()
-            out += [(f"{i}.{name}", p) for name, p in inner]
-        return out
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for _, p in self.named_parameters()]
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters()]
 
     def gradients(self) -> list[torch.Tensor]:
-        """The gradients from the last backward, aligned with `parameters()`."""
-        out = []
-        for layer in self.layers:
-            out += layer.gradients() if isinstance(layer, Sequential) else \
-                [layer.grads[name] for name in layer.params]
-        return out
+        return [g for layer in self.layers for g in layer.gradients()]
 
 
 def mlp(sizes, *, generator=None, dtype=torch.float32, device=None) -> Sequential:

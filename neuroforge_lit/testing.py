@@ -97,11 +97,12 @@ class GradientReport:
         return all(self.row_ok(r) for r in self.rows)
 
     def __str__(self) -> str:
-        lines = [f"{'gradient':<12}{'shape':<14}{'vs autograd: rel':>17}{'abs':>10}"
+        w = max([12] + [len(r[0]) + 3 for r in self.rows])
+        lines = [f"{'gradient':<{w}}{'shape':<14}{'vs autograd: rel':>17}{'abs':>10}"
                  f"{'vs finite diff: rel':>21}{'abs':>10}  ok"]
         for row in self.rows:
             name, shape, rel_a, abs_a, rel_n, abs_n = row
-            lines.append(f"d{name:<11}{str(shape):<14}{rel_a:>17.1e}{abs_a:>10.1e}{rel_n:>21.1e}"
+            lines.append(f"{'d' + name:<{w}}{str(shape):<14}{rel_a:>17.1e}{abs_a:>10.1e}{rel_n:>21.1e}"
                          f"{abs_n:>10.1e}  {'yes' if self.row_ok(row) else 'NO'}")
         lines.append(f"(float64; a row passes when the relative or the absolute error is small: "
                      f"{AUTOGRAD_TOL:.0e} / {AUTOGRAD_ATOL:.0e} vs autograd, "

@@ -73,16 +73,22 @@ class History:
 
 def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedule=None,
         loss_fn=softmax_cross_entropy, eval_sets: dict | None = None, seed: int = 0,
-        progress: bool | None = None, log=print) -> History:
+        augment=None, on_step=None, progress: bool | None = None, log=print) -> History:
     """Train `model` by minibatches; returns a History.
 
     targets: a tensor, or a tuple of tensors (e.g. labels and teacher logits), indexed like x and
     passed to loss_fn(logits, *targets) -> (loss, dlogits). lr_schedule(progress in [0, 1]) sets
     optimizer.lr before every step. eval_sets: {"name": (x, y)} evaluated after every epoch.
+    augment(xb, generator) -> xb transforms each training minibatch (e.g. random translations),
+    drawing its randomness from the loop's seeded generator. on_step(step) is called after every
+    step (e.g. to record statistics of the model).
     progress: a tqdm bar per epoch; None (default) shows it only in a terminal. log: called with
     one line per epoch (None for silence).
     """
     targets = targets if isinstance(targets, tuple) else (targets,)
+    if "train" in (eval_sets or {}):
+        raise ValueError("eval_sets may not be named 'train' (its columns would overwrite the "
+                         "running train_loss); call it e.g. 'train_eval'")
     if any(len(t) != len(x) for t in targets):
         raise ValueError(f"x has {len(x)} examples but targets have {[len(t) for t in targets]}")
     gen = torch.Generator().manual_seed(seed)
@@ -97,11 +103,14 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
             idx = perm[i * batch_size:(i + 1) * batch_size]
             if lr_schedule is not None:
                 optimizer.lr = lr_schedule(step / (steps * epochs))
-            logits = model.forward(x[idx])
+            xb = x[idx] if augment is None else augment(x[idx], gen)
+            logits = model.forward(xb)
             losses[i], dlogits = loss_fn(logits, *(t[idx] for t in targets))
             model.backward(dlogits, input_grad=False)        # the images need no gradient
             optimizer.step(model.parameters(), model.gradients())
             step += 1
+            if on_step is not None:
+                on_step(step)
         row = {"epoch": epoch, "train_loss": losses.mean().item(),
                "seconds": time.perf_counter() - start}
         for name, (ex, ey) in (eval_sets or {}).items():
