@@ -31,7 +31,7 @@ __all__ = [
 # book/07_mixture_of_experts.md:179
 def _check_gating(x: torch.Tensor, W_g: torch.Tensor, k: int) -> None:
     if x.ndim != 2 or W_g.ndim != 2 or x.shape[1] != W_g.shape[0]:
-        raise ValueError(f"expected x (B, D) and W_g (D, E); got x {tuple(x.shape)} and W_g {tuple(W_g.shape)}")
+        raise ValueError(f"expected x (B, D) and W_g (D, E); got x {tuple(x.shape)}, W_g {tuple(W_g.shape)}")
     if not 1 <= k <= W_g.shape[1]:
         raise ValueError(f"k must be between 1 and the number of experts ({W_g.shape[1]}), got {k}")
 
