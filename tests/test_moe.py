@@ -106,7 +106,8 @@ def test_inference_uses_clean_logits_and_counts_load(gen):
     x, W_g, W_n, _ = _inputs(gen)
     gates, load, cache = noisy_top_k_gating_forward(x, W_g, W_n, 2, None)
     top2 = (x @ W_g).topk(2, dim=1).indices
-    assert torch.equal(torch.sort(torch.nonzero(gates)[:, 1].view(-1, 2), 1).values, torch.sort(top2, 1).values)
+    chosen = torch.nonzero(gates)[:, 1].view(-1, 2)
+    assert torch.equal(torch.sort(chosen, 1).values, torch.sort(top2, 1).values)
     assert load.sum() == 2 * len(x)
     dx, dW_g, dW_n = noisy_top_k_gating_backward(torch.ones_like(gates), None, cache)
     assert torch.equal(dW_n, torch.zeros_like(W_n))
@@ -189,4 +190,5 @@ def test_dimension_mismatches_name_the_shapes():
     with pytest.raises(ValueError, match=r"W_noise must have the shape of W_g \(3, 4\), got \(3, 5\)"):
         noisy_top_k_gating_forward(torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(3, 5), 2, None)
     with pytest.raises(ValueError, match=r"noise must have shape \(2, 4\), got \(2, 3\)"):
-        noisy_top_k_gating_forward(torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(3, 4), 2, torch.zeros(2, 3))
+        noisy_top_k_gating_forward(torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(3, 4), 2,
+                                   torch.zeros(2, 3))
