@@ -1,0 +1,113 @@
+"""Checkpoints: round trip, bit-identical resume, atomic writes under a crash, bad files."""
+
+import pytest
+import torch
+
+from neuroforge_lit import checkpoint as ckpt
+from neuroforge_lit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.norm import BatchNorm1d
+from neuroforge_lit.optim import AdamW
+from neuroforge_lit.training import fit
+
+
+def model_and_optimizer(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    drops = torch.Generator().manual_seed(seed + 1)
+    model = Sequential(Linear(6, 16, generator=g), BatchNorm1d(16), ReLU(), Dropout(0.3, generator=drops),
+                       Linear(16, 3, generator=g))
+    return model, AdamW(1e-2, weight_decay=0.1)
+
+
+def data():
+    g = torch.Generator().manual_seed(42)
+    return torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+
+
+def train(model, opt, seed):
+    x, y = data()
+    fit(model, opt, x, y, epochs=2, batch_size=16, seed=seed, log=None)
+
+
+def test_round_trip_restores_params_buffers_optimizer_and_extra(tmp_path):
+    model, opt = model_and_optimizer()
+    train(model, opt, 0)
+    save_checkpoint(tmp_path / "a.pt", model, opt, extra={"epoch": 2, "note": "hi"})
+    fresh, fresh_opt = model_and_optimizer(seed=5)
+    extra = load_checkpoint(tmp_path / "a.pt", fresh, fresh_opt)
+    assert extra == {"epoch": 2, "note": "hi"}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert torch.equal(model.layers[1].running_var, fresh.layers[1].running_var)
+    assert fresh_opt.t == opt.t
+    state = torch.load(tmp_path / "a.pt", weights_only=True)     # the documented format
+    assert state["format"] == "neuroforge-lit-checkpoint" and "layers.1.running_mean" in state["buffers"]
+
+
+def test_resumed_training_is_bit_identical(tmp_path):
+    straight, opt = model_and_optimizer()
+    train(straight, opt, 0)
+    train(straight, opt, 1)
+
+    first, opt1 = model_and_optimizer()
+    train(first, opt1, 0)
+    save_checkpoint(tmp_path / "mid.pt", first, opt1)
+    resumed, opt2 = model_and_optimizer(seed=7)          # different init: everything must come from the file
+    load_checkpoint(tmp_path / "mid.pt", resumed, opt2)
+    train(resumed, opt2, 1)
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+    assert torch.equal(straight.layers[1].running_mean, resumed.layers[1].running_mean)
+
+
+def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt = model_and_optimizer()
+    target = tmp_path / "ckpt.pt"
+    save_checkpoint(target, model, opt, extra={"epoch": 1})
+    before = target.read_bytes()
+    real_save = torch.save
+
+    def dies_halfway(obj, f):
+        real_save(obj, f)
+        f.seek(len(before) // 2)
+        f.truncate()
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(ckpt.torch, "save", dies_halfway)
+    train(model, opt, 0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(target, model, opt, extra={"epoch": 2})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]        # no temporary file left
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert load_checkpoint(target, *model_and_optimizer()) == {"epoch": 1}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_file_is_a_clear_error_and_changes_nothing(tmp_path, damage):
+    model, opt = model_and_optimizer()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model, opt)
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 3])
+    elif damage == "flip":
+        path.write_bytes(raw[:200] + bytes(b ^ 0xFF for b in raw[200:400]) + raw[400:])
+    else:
+        path.write_bytes(b"this is not a checkpoint")
+    fresh, fresh_opt = model_and_optimizer(seed=3)
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path, fresh, fresh_opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+
+
+def test_missing_file_and_mismatched_model(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt", Sequential(Linear(2, 2)))
+    model, opt = model_and_optimizer()
+    save_checkpoint(tmp_path / "m.pt", model)
+    other = Sequential(Linear(6, 8), ReLU(), Linear(8, 3))
+    with pytest.raises(CheckpointError, match=r"layers\.0\.W|0\.W: model \(6, 8\), checkpoint \(6, 16\)"):
+        load_checkpoint(tmp_path / "m.pt", other)
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        load_checkpoint(tmp_path / "m.pt", model_and_optimizer()[0], AdamW())
