@@ -14,7 +14,7 @@ export NEUROFORGE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup tangle check test lint book chapter bench clean
+.PHONY: setup tangle check test lint book chapter browser-test bench clean
 
 setup: $(STAMP)
 
@@ -31,13 +31,16 @@ check: setup                     ## fail if the committed package differs from t
 	$(BIN)/neuroforge-lit tangle --check
 
 lint: setup
-	$(BIN)/ruff check neuroforge_lit tests benchmarks book/_ext
+	$(BIN)/ruff check neuroforge_lit tests benchmarks tools book/_ext
 
 test: check lint                 ## the tangle check, lint, then the test suite
 	$(BIN)/python -m pytest
 
 book: tangle                     ## tangle, then execute every chapter and build _build/html
 	$(BIN)/jupyter-book build . --keep-going -W
+
+browser-test: setup               ## check the built HTML in headless Chromium (after make book)
+	$(BIN)/python tools/browser_check.py
 
 chapter: tangle                  ## execute one chapter alone: make chapter CH=03
 	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:501
+# book/02_mlp.md:510
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 
@@ -39,9 +39,13 @@ class GradientDescent:
             p.sub_(g, alpha=self.lr)                 # (eq-mlp-gd)
 
 
-def cosine_lr(base_lr: float, progress: float) -> float:
-    """The learning rate at `progress` = t / T in [0, 1] of a cosine decay from base_lr to 0."""
-    return 0.5 * base_lr * (1 + math.cos(math.pi * progress))   # (eq-mlp-cosine)
+def cosine_lr(base_lr: float, progress: float, warmup: float = 0.0) -> float:
+    """The learning rate at `progress` = t / T in [0, 1]: a cosine decay from base_lr to 0, after
+    an optional linear warm-up over the first `warmup` fraction of training."""
+    if progress < warmup:
+        return base_lr * progress / warmup                                    # (eq-mlp-warmup)
+    rest = (progress - warmup) / (1 - warmup)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * rest))                     # (eq-mlp-cosine)
 
 
 @torch.no_grad()

@@ -1,0 +1,89 @@
+"""The book's own Sphinx extension: two small jobs.
+
+**Labels on exported cells.** Above every code cell that starts with ``#| export
+neuroforge_lit.<module>``, a one-line label says which module the cell goes to and which names it
+defines, each linked to its entry in the API reference.
+
+**Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
+only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
+``neuroforge_lit``) would be served stale outputs. So, as Sphinx reads each chapter, this extension
+
+1. appends a hidden code cell holding a hash of every package module the chapter imports
+   (directly or through other modules), which changes the cache key when one of them changes;
+2. tells Sphinx the chapter depends on those files (``note_dependency``), without which Sphinx
+   would not even re-read an unchanged chapter.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+from docutils import nodes
+from sphinx import addnodes
+
+from neuroforge_lit.tangle import DIRECTIVE, MODULE_NAME, chapter_dependencies
+
+
+def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
+    path = Path(app.env.doc2path(docname))
+    if path.suffix != ".md" or "kernelspec:" not in source[0][:1000]:
+        return  # not a notebook chapter
+    root = Path(app.srcdir)
+    deps = chapter_dependencies(root, str(path.relative_to(root)))
+    if not deps:
+        return
+    lines = []
+    for dep in deps:
+        app.env.note_dependency(str(dep))
+        digest = hashlib.sha256(dep.read_bytes()).hexdigest()[:16]
+        lines.append(f"# {dep.relative_to(root)} {digest}")
+    source[0] += ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n"
+                  "# The package modules this chapter runs on (re-executes when they change):\n"
+                  + "\n".join(lines) + "\n```\n")
+
+
+def _exported_names(code: str) -> list[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            names.append(node.name)
+    return names
+
+
+def _label_exported_cells(app, doctree) -> None:
+    for block in list(doctree.findall(nodes.literal_block)):
+        cell_input = block.parent
+        if cell_input is None or "cell_input" not in cell_input.get("classes", []):
+            continue
+        first, _, code = block.astext().partition("\n")
+        m = DIRECTIVE.match(first.strip())
+        if not m or m.group(1) != "export" or not MODULE_NAME.match(m.group(2).strip()):
+            continue  # not an export (the tangler reports malformed directives)
+        module = m.group(2).strip()
+        label = nodes.paragraph(classes=["nf-export-label"])
+        label += nodes.Text("exported to ")
+        label += nodes.literal(text=module)
+        names = _exported_names(code)
+        if names:
+            label += nodes.Text(": ")
+        for i, name in enumerate(names):
+            ref = addnodes.pending_xref("", refdomain="py", reftype="obj", reftarget=f"{module}.{name}",
+                                        refexplicit=True, refwarn=False)
+            ref += nodes.literal(text=name)
+            label += ref
+            if i < len(names) - 1:
+                label += nodes.Text(", ")
+        cell = cell_input.parent
+        cell.parent.insert(cell.parent.index(cell), label)
+
+
+def setup(app):
+    app.connect("source-read", _add_dependency_cell)
+    app.connect("doctree-read", _label_exported_cells)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
