@@ -23,7 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
+from neuroforge_lit.optim import AdamW
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.training import GradientDescent
 
@@ -65,21 +69,137 @@ def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=N
     return hand_step, autograd_step
 
 
-def _best_sgd(params, lr):
+def _best(cls, params, **hyper):
+    """The fastest variant of a torch.optim class that this PyTorch offers: fused, foreach, plain."""
     params = list(params)
     for kwargs in ({"fused": True}, {"foreach": True}, {}):
         try:
-            opt = torch.optim.SGD(params, lr=lr, **kwargs)
-            return opt
+            return cls(params, **hyper, **kwargs)
         except (RuntimeError, TypeError, ValueError):
             continue
-    raise RuntimeError("no SGD variant available")
+    raise RuntimeError(f"no {cls.__name__} variant available")
+
+
+def _best_sgd(params, lr):
+    return _best(torch.optim.SGD, params, lr=lr)
+
+
+def _batch(batch, device, d_in=784, classes=10):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(batch, d_in, generator=g).to(device),
+            torch.randint(0, classes, (batch,), generator=g).to(device))
+
+
+def dropout_pair(batch: int, device: str, sizes=(784, 576, 512, 128, 10), lr=2e-3):
+    """The dropout chapter's model (dropout 0.2 on inputs, 0.5 on hidden units) with AdamW."""
+    x, y = _batch(batch, device)
+    g, drops = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(1)
+    layers, ref_layers = [Dropout(0.2, generator=drops)], [nn.Dropout(0.2)]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(a, b, generator=g, device=device))
+        ref_layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [ReLU(), Dropout(0.5, generator=drops)]
+            ref_layers += [nn.ReLU(), nn.Dropout(0.5)]
+    ours, opt = Sequential(*layers), AdamW(lr)
+    ref = nn.Sequential(*ref_layers).to(device)
+    ref_opt = _best(torch.optim.AdamW, ref.parameters(), lr=lr)
+
+    def hand_step():
+        loss, dlogits = softmax_cross_entropy(ours.forward(x), y)
+        ours.backward(dlogits, input_grad=False)
+        opt.step(ours.parameters(), ours.gradients())
+
+    def autograd_step():
+        ref_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+
+    return hand_step, autograd_step
+
+
+class TorchMoE(nn.Module):
+    """The MoE chapter's layer as a PyTorch user would write it: same noisy top-k routing, sparse
+    dispatch with index_add, the two CV^2 losses; autograd does the backward."""
+
+    def __init__(self, d_in, d_out, n_experts, k, hidden):
+        super().__init__()
+        self.k = k
+        self.w_gate = nn.Parameter(torch.zeros(d_in, n_experts))
+        self.w_noise = nn.Parameter(torch.zeros(d_in, n_experts))
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+                                     for _ in range(n_experts))
+
+    @staticmethod
+    def cv_squared(v):
+        return v.var(correction=0) / (v.mean() ** 2 + 1e-10)
+
+    def forward(self, x):
+        clean = x @ self.w_gate
+        sigma = F.softplus(x @ self.w_noise) + 1e-2
+        noisy = clean + torch.randn_like(clean) * sigma
+        top_vals, top_idx = noisy.topk(self.k + 1, dim=1)
+        gates = torch.zeros_like(clean).scatter(1, top_idx[:, :self.k], F.softmax(top_vals[:, :self.k], dim=1))
+        theta_in, theta_out = top_vals[:, self.k:self.k + 1], top_vals[:, self.k - 1:self.k]
+        normal = torch.distributions.Normal(0.0, 1.0)
+        prob = normal.cdf((clean - torch.where(noisy > theta_in, theta_in, theta_out)) / sigma)
+        aux = 0.1 * self.cv_squared(gates.sum(0)) + 0.1 * self.cv_squared(prob.sum(0))
+        out = None
+        for i, expert in enumerate(self.experts):
+            idx = torch.nonzero(gates[:, i]).squeeze(1)
+            if len(idx):
+                y_i = gates[idx, i, None] * expert(x[idx])
+                out = torch.zeros(len(x), y_i.shape[1], device=x.device).index_add(0, idx, y_i) if out is None \
+                    else out.index_add(0, idx, y_i)
+        return out, aux
+
+
+def moe_pair(batch: int, device: str, lr=2e-3):
+    """The MoE chapter's model: MoE(784 -> 128, 8 experts of 64 hidden units, k=2) -> ReLU -> Linear."""
+    x, y = _batch(batch, device)
+    g = torch.Generator().manual_seed(0)
+    ours = Sequential(MoE(784, 128, 8, 2, 64, generator=g, noise_generator=torch.Generator().manual_seed(1),
+                          device=device), ReLU(), Linear(128, 10, generator=g, device=device))
+    opt = AdamW(lr)
+    moe = TorchMoE(784, 128, 8, 2, 64).to(device)
+    head = nn.Sequential(nn.ReLU(), nn.Linear(128, 10)).to(device)
+    ref_opt = _best(torch.optim.AdamW, list(moe.parameters()) + list(head.parameters()), lr=lr)
+
+    def hand_step():
+        loss, dlogits = softmax_cross_entropy(ours.forward(x), y)
+        ours.backward(dlogits, input_grad=False)
+        opt.step(ours.parameters(), ours.gradients())
+
+    def autograd_step():
+        ref_opt.zero_grad(set_to_none=True)
+        out, aux = moe(x)
+        (F.cross_entropy(head(out), y) + aux).backward()
+        ref_opt.step()
+
+    return hand_step, autograd_step
+
+
+def adamw_pair(batch: int, device: str, sizes=(784, 512, 128, 10)):
+    """The AdamW update alone on the MLP's parameters (batch is unused: the update does not see it)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
+    ours = [torch.randn(s, generator=g).to(device) for s in shapes]
+    grads = [torch.randn(s, generator=g).to(device) for s in shapes]
+    opt = AdamW(1e-3)
+    theirs = [nn.Parameter(p.clone()) for p in ours]
+    for p, gr in zip(theirs, grads):
+        p.grad = gr.clone()
+    ref_opt = _best(torch.optim.AdamW, theirs, lr=1e-3)
+    return (lambda: opt.step(ours, grads)), ref_opt.step
 
 
 MODELS = {
     "mlp": mlp_pair,
     "mlp+batchnorm": lambda batch, device: mlp_pair(batch, device, norm="batch"),
     "mlp+layernorm": lambda batch, device: mlp_pair(batch, device, norm="layer"),
+    "scaled+dropout": dropout_pair,
+    "moe": moe_pair,
+    "adamw-update": adamw_pair,
 }
 
 

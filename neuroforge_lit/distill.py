@@ -31,19 +31,21 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape (B, C)")
-    b = student_logits.shape[0]
+    b, dtype = student_logits.shape[0], student_logits.dtype
+    if dtype in (torch.float16, torch.bfloat16):                            # losses in float32
+        student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     log_q = log_softmax(student_logits / T)                                 # (eq-kd-soft)
     p = torch.exp(log_softmax(teacher_logits / T))                          # (eq-kd-soft)
     soft = -(p * log_q).sum(1).mean()                                       # (eq-kd-loss)
     dsoft = (torch.exp(log_q) - p) / (T * b)                                # (eq-kd-dsoft), batch mean
     if alpha == 1.0:
-        return T * T * soft, T * T * dsoft
+        return T * T * soft, (T * T * dsoft).to(dtype)
     hard, dhard = softmax_cross_entropy(student_logits, labels)
     loss = alpha * T * T * soft + (1 - alpha) * hard                        # (eq-kd-loss)
-    return loss, alpha * T * T * dsoft + (1 - alpha) * dhard                # (eq-kd-dz)
+    return loss, (alpha * T * T * dsoft + (1 - alpha) * dhard).to(dtype)    # (eq-kd-dz)
 
 
-# book/06_distillation.md:175
+# book/06_distillation.md:177
 def random_translate(x: torch.Tensor, max_shift: int = 2, generator=None) -> torch.Tensor:
     """Shift each image of x ((N, 784) or (N, 1, 28, 28)) by up to max_shift pixels in x and y."""
     if max_shift < 0:

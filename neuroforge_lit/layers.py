@@ -39,7 +39,7 @@ def relu_forward(x: torch.Tensor):
     return out, out
 
 
-# book/02_mlp.md:241
+# book/02_mlp.md:252
 def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True):
     """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
 
@@ -58,7 +58,7 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:339
+# book/02_mlp.md:350
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 

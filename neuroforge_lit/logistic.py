@@ -42,15 +42,21 @@ def bce_with_logits(z: torch.Tensor, y: torch.Tensor):
     """Mean binary cross-entropy of targets y in {0, 1} under logits z, and dL/dz.
 
     z: (N,) logits, y: (N,) targets (float)  ->  (loss: scalar tensor, dz: (N,)).
-    Stable for every finite logit: nothing is exponentiated that could overflow.
+    Stable for every finite logit: nothing is exponentiated that could overflow. For 16-bit
+    logits the loss is computed and returned in float32; dz has the logits' dtype.
     """
     if z.shape != y.shape or z.ndim != 1:
         raise ValueError(f"expected z and y of the same shape (N,), got z {tuple(z.shape)} "
                          f"and y {tuple(y.shape)}")
+    if z.shape[0] == 0:
+        raise ValueError("empty batch: the mean loss of zero examples is undefined")
+    dtype = z.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        z, y = z.float(), y.float()
     softplus = z.clamp_min(0) + torch.log1p(torch.exp(-z.abs()))     # (eq-lr-softplus)
     loss = (softplus - y * z).mean()                                 # (eq-lr-bce-logits)
     dz = (sigmoid(z) - y) / z.shape[0]                               # (eq-lr-dz)
-    return loss, dz
+    return loss, dz.to(dtype)
 
 
 def logistic_backward(dz: torch.Tensor, cache: torch.Tensor):
@@ -61,7 +67,7 @@ def logistic_backward(dz: torch.Tensor, cache: torch.Tensor):
     return dw, db
 
 
-# book/01_logistic_regression.md:274
+# book/01_logistic_regression.md:280
 def binary_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict:
     """Accuracy, precision and recall of boolean predictions against boolean targets, as floats."""
     if pred.shape != target.shape:

@@ -21,6 +21,8 @@ __all__ = [
 def _check_logits_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+    if logits.shape[0] == 0:
+        raise ValueError("empty batch: the mean loss of zero examples is undefined")
     if y.ndim != 1 or y.shape[0] != logits.shape[0]:
         raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits "
                          f"{tuple(logits.shape)}, got {tuple(y.shape)}")
@@ -46,20 +48,29 @@ def softmax(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_softmax(z))                                       # (eq-mlp-softmax)
 
 
+def _as_float32_if_16bit(t: torch.Tensor) -> torch.Tensor:
+    """Losses of float16/bfloat16 logits are computed in float32: a log-probability like -1e5
+    is outside float16's range even when the logits are not."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of int64 labels y (N,) under softmax(logits) (N, C); the loss only."""
     _check_logits_labels(logits, y)
-    logp = log_softmax(logits)
+    logp = log_softmax(_as_float32_if_16bit(logits))
     return -logp.gather(1, y[:, None]).mean()                              # (eq-mlp-ce)
 
 
 def softmax_cross_entropy(logits: torch.Tensor, y: torch.Tensor):
-    """The loss and its gradient in one pass: (loss, dlogits), dlogits = (softmax - onehot) / N."""
+    """The loss and its gradient in one pass: (loss, dlogits), dlogits = (softmax - onehot) / N.
+
+    For 16-bit logits the loss is computed and returned in float32; dlogits has the logits' dtype.
+    """
     _check_logits_labels(logits, y)
-    n = logits.shape[0]
-    logp = log_softmax(logits)
+    n, dtype = logits.shape[0], logits.dtype
+    logp = log_softmax(_as_float32_if_16bit(logits))
     loss = -logp.gather(1, y[:, None]).mean()                              # (eq-mlp-ce)
     dlogits = torch.exp(logp)                                              # P
     minus_one = torch.full((n, 1), -1.0, dtype=dlogits.dtype, device=dlogits.device)
     dlogits.scatter_add_(1, y[:, None], minus_one)                         # P - Y_onehot
-    return loss, dlogits.div_(n)                                           # (eq-mlp-dlogits)
+    return loss, dlogits.div_(n).to(dtype)                                 # (eq-mlp-dlogits)
