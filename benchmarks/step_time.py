@@ -44,10 +44,7 @@ def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=N
     ours = normalized_mlp(list(sizes), norm, generator=g, device=device)
     opt = GradientDescent(lr)
 
-    def hand_step():
-        loss, dlogits = softmax_cross_entropy(ours.forward(x), y)
-        ours.backward(dlogits, input_grad=False)
-        opt.step(ours.parameters(), ours.gradients())
+    hand_step = _hand_step(ours, opt, x, y)
 
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -84,6 +81,15 @@ def _best_sgd(params, lr):
     return _best(torch.optim.SGD, params, lr=lr)
 
 
+def _hand_step(model, opt, x, y):
+    """One step of the package's way: forward, fused loss gradient, backward, update."""
+    def step():
+        loss, dlogits = softmax_cross_entropy(model.forward(x), y)
+        model.backward(dlogits, input_grad=False)
+        opt.step(model.parameters(), model.gradients())
+    return step
+
+
 def _batch(batch, device, d_in=784, classes=10):
     g = torch.Generator().manual_seed(0)
     return (torch.rand(batch, d_in, generator=g).to(device),
@@ -105,10 +111,7 @@ def dropout_pair(batch: int, device: str, sizes=(784, 576, 512, 128, 10), lr=2e-
     ref = nn.Sequential(*ref_layers).to(device)
     ref_opt = _best(torch.optim.AdamW, ref.parameters(), lr=lr)
 
-    def hand_step():
-        loss, dlogits = softmax_cross_entropy(ours.forward(x), y)
-        ours.backward(dlogits, input_grad=False)
-        opt.step(ours.parameters(), ours.gradients())
+    hand_step = _hand_step(ours, opt, x, y)
 
     def autograd_step():
         ref_opt.zero_grad(set_to_none=True)
@@ -165,10 +168,7 @@ def moe_pair(batch: int, device: str, lr=2e-3):
     head = nn.Sequential(nn.ReLU(), nn.Linear(128, 10)).to(device)
     ref_opt = _best(torch.optim.AdamW, list(moe.parameters()) + list(head.parameters()), lr=lr)
 
-    def hand_step():
-        loss, dlogits = softmax_cross_entropy(ours.forward(x), y)
-        ours.backward(dlogits, input_grad=False)
-        opt.step(ours.parameters(), ours.gradients())
+    hand_step = _hand_step(ours, opt, x, y)
 
     def autograd_step():
         ref_opt.zero_grad(set_to_none=True)

@@ -6,13 +6,16 @@ Hand-written (not generated from the book).
     >>> images, labels = load_mnist("train")      # (60000, 784) float32 in [0, 1], int64
     >>> images, labels = load_mnist("test", flatten=False)   # (10000, 1, 28, 28)
 
+Fashion-MNIST (same format and sizes) loads the same way: ``load_dataset("fashion-mnist", "train")``.
+
 Where the files are looked for, in order:
 
 1. ``$NEUROFORGE_DATA_DIR`` -- in ``mnist/`` (the layout of the project's ``shared/data``),
    torchvision's ``MNIST/raw/``, or the folder itself; gzipped or decompressed;
 2. the user cache folder (``$XDG_CACHE_HOME/neuroforge_lit``, else ``~/.cache/neuroforge_lit``),
-   same layouts;
-3. if still absent, a download through ``torchvision.datasets.MNIST`` into that cache folder.
+   same layouts (``fashion-mnist/`` and ``FashionMNIST/raw/`` for Fashion-MNIST);
+3. ``/usr/share/datasets`` (Debian's ``dataset-fashion-mnist`` package installs there);
+4. if still absent, a download through ``torchvision.datasets`` into the cache folder.
 
 Every file's *decompressed* content is checked against the published MD5 before it is used:
 a corrupt or truncated copy is an error naming the file and both checksums, never silently used.
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataError", "load_mnist", "load_dataset", "read_idx", "train_val_split", "search_dirs"]
+__all__ = ["DataError", "load_mnist", "load_dataset", "default_dataset", "read_idx", "train_val_split",
+           "search_dirs"]
 
 
 class DataError(RuntimeError):
@@ -58,19 +62,37 @@ MNIST = DatasetFiles(
     torchvision_class="MNIST",
 )
 
-DATASETS = {"mnist": MNIST}
+FASHION_MNIST = DatasetFiles(
+    name="fashion-mnist",
+    subdirs=("fashion-mnist", "FashionMNIST/raw", "."),
+    files={  # MD5 of the decompressed files (Debian's dataset-fashion-mnist recompresses the .gz)
+        "train-images": ("train-images-idx3-ubyte", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+        "train-labels": ("train-labels-idx1-ubyte", "9018921c3c673c538a1fc5bad174d6f9"),
+        "test-images": ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
+        "test-labels": ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
+    },
+    torchvision_class="FashionMNIST",
+)
+
+DATASETS = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
+SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 
 _IDX_MAGIC = {2049: 1, 2051: 3}  # 0x801: labels (1 dim), 0x803: images (3 dims), dtype uint8
 _loaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # verified reads only
 
 
 def search_dirs() -> list[Path]:
-    """The folders searched for data files, in order ($NEUROFORGE_DATA_DIR first, then the cache)."""
+    """The folders searched for data files, in order: $NEUROFORGE_DATA_DIR, the user cache, and
+    /usr/share/datasets (Debian's dataset-fashion-mnist installs there)."""
     dirs = []
     if os.environ.get("NEUROFORGE_DATA_DIR"):
         dirs.append(Path(os.environ["NEUROFORGE_DATA_DIR"]).expanduser())
-    dirs.append(_cache_dir())
-    return dirs
+    return dirs + [_cache_dir(), SYSTEM_DIR]
+
+
+def default_dataset() -> str:
+    """The dataset the chapters train on: $NEUROFORGE_DATASET ("mnist" or "fashion-mnist"), else MNIST."""
+    return os.environ.get("NEUROFORGE_DATASET", "mnist")
 
 
 def _cache_dir() -> Path:
@@ -154,14 +176,18 @@ def _missing_message(spec: DatasetFiles, missing: list[str], why: str) -> str:
         f"{spec.name}: could not find {names}.\nLooked in:\n  {where}\n"
         f"The download through torchvision failed too: {why}\n"
         f"Provide the files: set NEUROFORGE_DATA_DIR to a folder that holds them "
-        f"(in {spec.subdirs[0]}/ or MNIST/raw/), or copy them into {_cache_dir() / spec.subdirs[0]}."
+        f"(in {spec.subdirs[0]}/ or {spec.subdirs[1]}/), or copy them into {_cache_dir() / spec.subdirs[0]}."
     )
 
 
 def load_dataset(
-    name: str = "mnist", split: str = "train", *, flatten: bool = True, download: bool = True
+    name: str | None = None, split: str = "train", *, flatten: bool = True, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as float32 in [0, 1], (N, 784) or (N, 1, 28, 28), and int64 labels (N,)."""
+    """Images as float32 in [0, 1], (N, 784) or (N, 1, 28, 28), and int64 labels (N,).
+
+    name: "mnist" or "fashion-mnist" (the same IDX format and sizes); None means default_dataset().
+    """
+    name = default_dataset() if name is None else name
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     if split not in ("train", "test"):

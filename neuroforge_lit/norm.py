@@ -72,7 +72,7 @@ def normalize_backward(dout: torch.Tensor, cache: NormCache):
     return dx, dgamma, dbeta
 
 
-# book/03_normalization.md:226
+# book/03_normalization.md:237
 def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Training-mode batch norm: statistics over the batch (dim 0) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "batchnorm_forward")
@@ -85,7 +85,12 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
 
 def batchnorm_backward(dout, cache: NormCache):
     """Gradients of training-mode batch norm -> dx (N, D), dgamma (D,), dbeta (D,)."""
-    return normalize_backward(dout, cache)
+    xhat, inv_std, gamma, _, _, _ = cache
+    n = dout.shape[0]
+    dbeta = dout.sum(0)                                                          # (eq-norm-dparams)
+    dgamma = (dout * xhat).sum(0)                                                # (eq-norm-dparams)
+    dx = (gamma * inv_std / n) * (n * dout - dbeta - xhat * dgamma)              # (eq-bn-dx)
+    return dx, dgamma, dbeta
 
 
 def running_stats_update(running_mean, running_var, cache: NormCache, momentum: float = 0.1):
@@ -111,7 +116,7 @@ def batchnorm_eval_backward(dout, cache):
     return dout * scale, (dout * xhat).sum(0), dout.sum(0)                       # (eq-bn-eval)
 
 
-# book/03_normalization.md:274
+# book/03_normalization.md:290
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Layer norm: statistics over the features of each example (dim -1) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "layernorm_forward")
@@ -123,7 +128,7 @@ def layernorm_backward(dout, cache: NormCache):
     return normalize_backward(dout, cache)
 
 
-# book/03_normalization.md:385
+# book/03_normalization.md:401
 class BatchNorm1d(Layer):
     """Batch norm over (N, D) inputs: batch statistics in training mode, running ones in eval mode."""
 

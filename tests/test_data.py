@@ -178,3 +178,19 @@ def test_train_val_split_is_disjoint_and_seeded():
     assert set(ya.tolist()).isdisjoint(yb.tolist())
     (_, _), (_, yb2) = data.train_val_split(x, y, 10, seed=3)
     assert torch.equal(yb, yb2)
+
+
+def test_fashion_mnist_from_debians_package():
+    if not (data.SYSTEM_DIR / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist "
+                    "(.ci/run installs it)")
+    x, y = load_dataset("fashion-mnist", "test")
+    assert x.shape == (10000, 784) and y.bincount().tolist() == [1000] * 10
+    assert not torch.equal(x[:100], load_mnist("test")[0][:100]) if data._find(data.MNIST, "test-images") else True
+
+
+def test_default_dataset_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("NEUROFORGE_DATASET", raising=False)
+    assert data.default_dataset() == "mnist"
+    monkeypatch.setenv("NEUROFORGE_DATASET", "fashion-mnist")
+    assert data.default_dataset() == "fashion-mnist"
