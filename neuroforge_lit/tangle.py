@@ -420,12 +420,19 @@ def check(root: Path) -> str:
     return "".join(diff)
 
 
+def _import(root: Path, names) -> subprocess.CompletedProcess:
+    code = "; ".join(f"import {PACKAGE}.{n}" for n in names) or "pass"
+    return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+
+
 def _import_fresh(root: Path, modules: dict[str, Module]) -> None:
-    """Import every generated module in a fresh interpreter, so an import-time failure is caught."""
+    """Import the generated modules in a fresh interpreter, so an import-time failure is caught
+    (one interpreter for all; on failure, one per module to name the culprit)."""
+    if _import(root, modules).returncode == 0:
+        return
     for name, mod in modules.items():
-        proc = subprocess.run([sys.executable, "-c", f"import {PACKAGE}.{name}"], cwd=root,
-                              capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(root)})
+        proc = _import(root, [name])
         if proc.returncode != 0:
             m = re.findall(rf'{PACKAGE}[/\\]{name}\.py", line (\d+)', proc.stderr)
             where = _where(mod, int(m[-1])) if m else f"{mod.chapters[0]}:1"

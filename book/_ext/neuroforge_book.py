@@ -1,8 +1,11 @@
-"""The book's own Sphinx extension: two small jobs.
+"""The book's own Sphinx extension: three small jobs.
 
 **Labels on exported cells.** Above every code cell that starts with ``#| export
 neuroforge_lit.<module>``, a one-line label says which module the cell goes to and which names it
 defines, each linked to its entry in the API reference.
+
+**A notebook download.** Every executed chapter is offered as ``.ipynb`` beside its ``.md``
+source (sphinx-book-theme only does this when a launch service such as Binder is configured).
 
 **Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import shutil
 from pathlib import Path
 
 from docutils import nodes
@@ -83,7 +87,18 @@ def _label_exported_cells(app, doctree) -> None:
         cell.parent.insert(cell.parent.index(cell), label)
 
 
+def _offer_notebook_download(app, pagename, templatename, context, doctree) -> None:
+    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not executed.exists():
+        return
+    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(executed, target)
+    context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
+
+
 def setup(app):
     app.connect("source-read", _add_dependency_cell)
     app.connect("doctree-read", _label_exported_cells)
+    app.connect("html-page-context", _offer_notebook_download, priority=400)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
