@@ -14,7 +14,8 @@ I64 = dict(dtype=torch.long)
 
 MATRIX = [
     # logistic regression
-    ("logistic_forward x 1-D", lambda: logistic.logistic_forward(Z(5), Z(5), Z(())), ValueError, r"x of shape \(N, D\)"),
+    ("logistic_forward x 1-D", lambda: logistic.logistic_forward(Z(5), Z(5), Z(())), ValueError,
+     r"x of shape \(N, D\)"),
     ("logistic_forward w mismatch", lambda: logistic.logistic_forward(Z(3, 5), Z(4), Z(())), ValueError,
      r"w of shape \(D,\).*\(4,\)"),
     ("bce shapes differ", lambda: logistic.bce_with_logits(Z(3), Z(4)), ValueError, r"z \(3,\) and y \(4,\)"),
@@ -62,7 +63,8 @@ MATRIX = [
     ("fit lengths", lambda: training.fit(layers.mlp([2, 2]), training.GradientDescent(0.1), Z(4, 2), Z(3, **I64),
                                          epochs=1, batch_size=2, log=None), ValueError, r"4 examples.*\[3\]"),
     # distillation
-    ("distill T", lambda: distill.distillation_loss(Z(2, 3), Z(2, 3), Z(2, **I64), 0.0, 0.5), ValueError, "T must be > 0"),
+    ("distill T", lambda: distill.distillation_loss(Z(2, 3), Z(2, 3), Z(2, **I64), 0.0, 0.5), ValueError,
+     "T must be > 0"),
     ("distill alpha", lambda: distill.distillation_loss(Z(2, 3), Z(2, 3), Z(2, **I64), 2.0, 1.1), ValueError, "alpha"),
     ("distill shapes", lambda: distill.distillation_loss(Z(2, 3), Z(3, 3), Z(2, **I64), 2.0, 0.5), ValueError,
      r"\(2, 3\).*\(3, 3\)"),

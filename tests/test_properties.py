@@ -67,7 +67,7 @@ def test_norm_gradients_and_invariants(n, d, seed, scale):
     dout = rand(n, d, seed=seed + 3)
     for fwd, bwd in ((batchnorm_forward, batchnorm_backward), (layernorm_forward, layernorm_backward)):
         dx, dg, db = bwd(dout, fwd(x, gamma, beta)[1])
-        gradient_check(lambda x, gamma, beta: fwd(x, gamma, beta)[0], dict(x=x, gamma=gamma, beta=beta),
+        gradient_check(lambda x, gamma, beta, fwd=fwd: fwd(x, gamma, beta)[0], dict(x=x, gamma=gamma, beta=beta),
                        dict(x=dx, gamma=dg, beta=db), dout=dout).assert_ok()
     ones, zeros = torch.ones(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
     out = layernorm_forward(x, ones, zeros, eps=0.0)[0]
