@@ -52,14 +52,14 @@ def duplicates_between(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]
     return [(i, j) for j, h in enumerate(image_hashes(b)) for i in index.get(h, [])]
 
 
-# book/08_recipe.md:126
+# book/08_recipe.md:135
 def bit_identical(run_a, run_b) -> bool:
     """True if two training runs (callables returning a list of tensors) end with identical bits."""
     a, b = run_a(), run_b()
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-# book/08_recipe.md:163
+# book/08_recipe.md:172
 def loss_at_init(model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Cross-entropy of an untrained model on (x, y), in inference mode."""
     with torch.no_grad():
@@ -76,7 +76,7 @@ def small_last_layer(sizes, gain: float = 0.01, *, generator=None) -> Sequential
     return model
 
 
-# book/08_recipe.md:197
+# book/08_recipe.md:206
 def prior_bias(targets: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
     """Output bias that makes an untrained model predict the class prior.
 
@@ -90,7 +90,7 @@ def prior_bias(targets: torch.Tensor, n_classes: int | None = None) -> torch.Ten
     return torch.log(prior.clamp_min(1e-12))
 
 
-# book/08_recipe.md:264
+# book/08_recipe.md:273
 def overfit_one_batch(model, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                       loss_fn=None) -> list[float]:
     """Train on one fixed batch for `steps` steps; returns the loss of every step."""
@@ -105,7 +105,7 @@ def overfit_one_batch(model, optimizer, x: torch.Tensor, y: torch.Tensor, steps:
     return losses
 
 
-# book/08_recipe.md:309
+# book/08_recipe.md:318
 def input_dependencies(model, x: torch.Tensor) -> torch.Tensor:
     """M[i, j] = |d(sum of example i's outputs) / d(input j)|, by the hand-written backward pass.
 
@@ -122,7 +122,7 @@ def input_dependencies(model, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-# book/08_recipe.md:384
+# book/08_recipe.md:393
 def fit_with_early_stopping(model, optimizer, x, y, val, *, max_epochs: int, patience: int,
                             batch_size: int, lr_schedule=None, seed: int = 0):
     """Train epoch by epoch, keep the parameters of the epoch with the lowest validation loss, and
@@ -145,7 +145,7 @@ def fit_with_early_stopping(model, optimizer, x, y, val, *, max_epochs: int, pat
     return rows, best_epoch
 
 
-# book/08_recipe.md:451
+# book/08_recipe.md:470
 def ensemble_logits(models, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """log of the average of the members' softmax outputs: valid logits for the ensemble."""
     with torch.no_grad():
