@@ -107,7 +107,7 @@ def overfit_one_batch(model, optimizer, x: torch.Tensor, y: torch.Tensor, steps:
 
 # book/08_recipe.md:318
 def input_dependencies(model, x: torch.Tensor) -> torch.Tensor:
-    """M[i, j] = |d(sum of example i's outputs) / d(input j)|, by the hand-written backward pass.
+    """``M[i, j] = |d(sum of example i's outputs) / d(input j)|``, by the hand-written backward pass.
 
     For a model that treats examples independently, M is diagonal. One forward pass, then one
     backward pass per example (the backward passes do not change the caches).

@@ -34,7 +34,7 @@ NUMERICAL_TOL, NUMERICAL_ATOL = 1e-6, 1e-8
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Normwise relative error max|a - b| / max(max|a|, max|b|); 0.0 when both are zero."""
+    """Normwise relative error ``max|a - b| / max(max|a|, max|b|)``; 0.0 when both are zero."""
     a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
     scale = max(a.abs().max().item(), b.abs().max().item()) if a.numel() else 0.0
     return 0.0 if scale == 0.0 else (a - b).abs().max().item() / scale
@@ -46,7 +46,7 @@ def _scalar(f: Callable[..., torch.Tensor], inputs: Mapping[str, torch.Tensor], 
 
 
 def autograd_grads(f, inputs: Mapping[str, torch.Tensor], wrt, dout=None) -> dict[str, torch.Tensor]:
-    """Gradients of sum(f(**inputs) * dout) with respect to the inputs named in ``wrt``, by autograd."""
+    """Gradients of ``sum(f(**inputs) * dout)`` with respect to the inputs named in ``wrt``, by autograd."""
     leaves = {k: (v.detach().clone().requires_grad_(k in wrt) if torch.is_tensor(v) else v)
               for k, v in inputs.items()}
     grads = torch.autograd.grad(_scalar(f, leaves, dout), [leaves[k] for k in wrt], allow_unused=True)
@@ -55,7 +55,7 @@ def autograd_grads(f, inputs: Mapping[str, torch.Tensor], wrt, dout=None) -> dic
 
 @torch.no_grad()
 def numerical_grads(f, inputs: Mapping[str, torch.Tensor], wrt, dout=None, h: float = 1e-6):
-    """Central differences (f(x + h) - f(x - h)) / 2h of sum(f(**inputs) * dout), element by element."""
+    """Central differences ``(f(x + h) - f(x - h)) / 2h`` of ``sum(f(**inputs) * dout)``, element by element."""
     work = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in inputs.items()}
     grads = {}
     for name in wrt:
@@ -75,7 +75,7 @@ def numerical_grads(f, inputs: Mapping[str, torch.Tensor], wrt, dout=None, h: fl
 
 
 def abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b|."""
+    """``max |a - b|``."""
     a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
     return (a - b).abs().max().item() if a.numel() else 0.0
 

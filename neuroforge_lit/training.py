@@ -81,7 +81,7 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
     """Train `model` by minibatches; returns a History.
 
     targets: a tensor, or a tuple of tensors (e.g. labels and teacher logits), indexed like x and
-    passed to loss_fn(logits, *targets) -> (loss, dlogits). lr_schedule(progress in [0, 1]) sets
+    passed to ``loss_fn(logits, *targets) -> (loss, dlogits)``. lr_schedule(progress in [0, 1]) sets
     optimizer.lr before every step. eval_sets: {"name": (x, y)} evaluated after every epoch.
     augment(xb, generator) -> xb transforms each training minibatch (e.g. random translations),
     drawing its randomness from the loop's seeded generator. on_step(step) is called after every

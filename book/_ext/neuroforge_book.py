@@ -11,8 +11,10 @@ source (sphinx-book-theme only does this when a launch service such as Binder is
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
 ``neuroforge_lit``) would be served stale outputs. So, as Sphinx reads each chapter, this extension
 
-1. appends a hidden code cell holding a hash of every package module the chapter imports
-   (directly or through other modules), which changes the cache key when one of them changes;
+1. appends a hidden code cell holding a fingerprint of every package module the chapter imports
+   (directly or through other modules), which changes the cache key when one of them changes.
+   The fingerprint is a hash of the module's syntax tree without docstrings, so an edit to a
+   comment, a docstring or a provenance line number re-executes nothing;
 2. tells Sphinx the chapter depends on those files (``note_dependency``), without which Sphinx
    would not even re-read an unchanged chapter.
 """
@@ -30,6 +32,19 @@ from sphinx import addnodes
 from neuroforge_lit.tangle import DIRECTIVE, MODULE_NAME, chapter_dependencies
 
 
+def _code_fingerprint(path: Path) -> str:
+    """A hash of a module's code: its syntax tree without docstrings (comments and line numbers
+    are not in the tree), so only changes that can change what a chapter computes count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
 def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
     path = Path(app.env.doc2path(docname))
     if path.suffix != ".md" or "kernelspec:" not in source[0][:1000]:
@@ -41,8 +56,7 @@ def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
     lines = []
     for dep in deps:
         app.env.note_dependency(str(dep))
-        digest = hashlib.sha256(dep.read_bytes()).hexdigest()[:16]
-        lines.append(f"# {dep.relative_to(root)} {digest}")
+        lines.append(f"# {dep.relative_to(root)} {_code_fingerprint(dep)}")
     source[0] += ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n"
                   "# The package modules this chapter runs on (re-executes when they change):\n"
                   + "\n".join(lines) + "\n```\n")
