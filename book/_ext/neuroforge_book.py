@@ -1,4 +1,4 @@
-"""The book's own Sphinx extension: three small jobs.
+"""The book's own Sphinx extension: a few small jobs.
 
 **Labels on exported cells.** Above every code cell that starts with ``#| export
 neuroforge_lit.<module>``, a one-line label says which module the cell goes to and which names it
@@ -6,6 +6,10 @@ defines, each linked to its entry in the API reference.
 
 **A notebook download.** Every executed chapter is offered as ``.ipynb`` beside its ``.md``
 source (sphinx-book-theme only does this when a launch service such as Binder is configured).
+
+**A clean console.** Jupyter Book adds sphinx-thebe's inline configuration script twice, and the
+second copy throws ("THEBE_JS_URL has already been declared"); exact duplicate scripts are dropped.
+The theme is given a default colour mode, without which its script logs an error on every page.
 
 **Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
@@ -111,7 +115,24 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree) -> N
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
 
 
+def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (str(script), getattr(script, "attributes", {}).get("body", ""))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    if "script_files" in context:
+        context["script_files"][:] = unique
+
+
+def _default_colour_mode(app) -> None:
+    app.config.html_theme_options.setdefault("default_mode", "light")
+
+
 def setup(app):
+    app.connect("builder-inited", _default_colour_mode)
+    app.connect("html-page-context", _drop_duplicate_scripts)
     app.connect("source-read", _add_dependency_cell)
     app.connect("doctree-read", _label_exported_cells)
     app.connect("html-page-context", _offer_notebook_download, priority=400)
