@@ -9,7 +9,8 @@ source (sphinx-book-theme only does this when a launch service such as Binder is
 
 **A clean console.** Jupyter Book adds sphinx-thebe's inline configuration script twice, and the
 second copy throws ("THEBE_JS_URL has already been declared"); exact duplicate scripts are dropped.
-The theme is given a default colour mode, without which its script logs an error on every page.
+The theme's template gets a default colour mode ("auto"), without which its script logs an
+error on every page.
 
 **Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
@@ -115,10 +116,14 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree) -> N
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
 
 
-def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:
+def _clean_console(app, pagename, templatename, context, doctree) -> None:
+    """Runs after the other extensions' page handlers (which add scripts of their own)."""
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
     seen, unique = set(), []
     for script in context.get("script_files", []):
-        key = (str(script), getattr(script, "attributes", {}).get("body", ""))
+        # what reaches the page: the file and the attributes (two copies may differ in priority only)
+        key = (getattr(script, "filename", str(script)), tuple(sorted(getattr(script, "attributes", {}).items())))
         if key not in seen:
             seen.add(key)
             unique.append(script)
@@ -126,13 +131,28 @@ def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> No
         context["script_files"][:] = unique
 
 
-def _default_colour_mode(app) -> None:
-    app.config.html_theme_options.setdefault("default_mode", "light")
+def _drop_repeated_inline_scripts(app, exception) -> None:
+    """After the build: keep only the first copy of each identical inline <script> line per page
+    (sphinx-thebe's configuration arrives twice on an incremental Jupyter Book build)."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        lines = page.read_text(encoding="utf-8").splitlines(keepends=True)
+        seen, kept = set(), []
+        for line in lines:
+            inline = line.strip()
+            if inline.startswith("<script>") and inline.endswith("</script>"):
+                if inline in seen:
+                    continue
+                seen.add(inline)
+            kept.append(line)
+        if len(kept) != len(lines):
+            page.write_text("".join(kept), encoding="utf-8")
 
 
 def setup(app):
-    app.connect("builder-inited", _default_colour_mode)
-    app.connect("html-page-context", _drop_duplicate_scripts)
+    app.connect("html-page-context", _clean_console, priority=900)
+    app.connect("build-finished", _drop_repeated_inline_scripts)
     app.connect("source-read", _add_dependency_cell)
     app.connect("doctree-read", _label_exported_cells)
     app.connect("html-page-context", _offer_notebook_download, priority=400)
