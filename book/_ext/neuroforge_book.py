@@ -8,7 +8,8 @@ defines, each linked to its entry in the API reference.
 source (sphinx-book-theme only does this when a launch service such as Binder is configured).
 
 **A clean console.** Jupyter Book adds sphinx-thebe's inline configuration script twice, and the
-second copy throws ("THEBE_JS_URL has already been declared"); exact duplicate scripts are dropped.
+second copy throws ("THEBE_JS_URL has already been declared"); after the build, a repeated inline
+script is removed from each page.
 The theme's template gets a default colour mode ("auto"), without which its script logs an
 error on every page.
 
@@ -116,19 +117,10 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree) -> N
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
 
 
-def _clean_console(app, pagename, templatename, context, doctree) -> None:
-    """Runs after the other extensions' page handlers (which add scripts of their own)."""
+def _default_colour_mode(app, pagename, templatename, context, doctree) -> None:
+    """The theme's template reads `default_mode`; left empty, its script logs an error per page."""
     if not context.get("default_mode"):
         context["default_mode"] = "auto"
-    seen, unique = set(), []
-    for script in context.get("script_files", []):
-        # what reaches the page: the file and the attributes (two copies may differ in priority only)
-        key = (getattr(script, "filename", str(script)), tuple(sorted(getattr(script, "attributes", {}).items())))
-        if key not in seen:
-            seen.add(key)
-            unique.append(script)
-    if "script_files" in context:
-        context["script_files"][:] = unique
 
 
 def _drop_repeated_inline_scripts(app, exception) -> None:
@@ -151,7 +143,7 @@ def _drop_repeated_inline_scripts(app, exception) -> None:
 
 
 def setup(app):
-    app.connect("html-page-context", _clean_console, priority=900)
+    app.connect("html-page-context", _default_colour_mode, priority=900)
     app.connect("build-finished", _drop_repeated_inline_scripts)
     app.connect("source-read", _add_dependency_cell)
     app.connect("doctree-read", _label_exported_cells)
