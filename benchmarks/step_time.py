@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.fused import sgd_step_fused
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
@@ -36,7 +37,9 @@ RESULTS = Path(__file__).parent / "results"
 
 # --- one model = a pair of step functions over the same random batch ---------------------------
 
-def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=None):
+def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=None, fused=False):
+    """fused=True times sgd_step_fused (the update folded into the backward pass) instead of
+    backward followed by GradientDescent.step; the autograd side is the same either way."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, sizes[0], generator=g).to(device)
     y = torch.randint(0, sizes[-1], (batch,), generator=g).to(device)
@@ -44,7 +47,10 @@ def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=N
     ours = normalized_mlp(list(sizes), norm, generator=g, device=device)
     opt = GradientDescent(lr)
 
-    hand_step = _hand_step(ours, opt, x, y)
+    def fused_step():
+        sgd_step_fused(ours, softmax_cross_entropy(ours.forward(x), y)[1], lr)
+
+    hand_step = fused_step if fused else _hand_step(ours, opt, x, y)
 
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -193,8 +199,32 @@ def adamw_pair(batch: int, device: str, sizes=(784, 512, 128, 10)):
     return (lambda: opt.step(ours, grads)), ref_opt.step
 
 
+def gemm_floor_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05):
+    """A lower bound for any MLP step: only the matrix products a step must do (three forward,
+    three weight gradients fused with the update, two input gradients), against the autograd step."""
+    x, y = _batch(batch, device)
+    g = torch.Generator().manual_seed(0)
+    Ws = [(torch.randn(a, b, generator=g) / a ** 0.5).to(device) for a, b in zip(sizes[:-1], sizes[1:])]
+    bs = [torch.zeros(b, device=device) for b in sizes[1:]]
+
+    def gemms_only():
+        inputs, h = [], x
+        for W, b in zip(Ws, bs):
+            inputs.append(h)
+            h = torch.addmm(b, h, W)
+        d = h / len(h)
+        for i in reversed(range(len(Ws))):
+            dx = d @ Ws[i].T if i else None
+            Ws[i].addmm_(inputs[i].T, d, alpha=-lr * 1e-3)
+            d = dx
+
+    _, autograd_step = mlp_pair(batch, device, sizes, lr)
+    return gemms_only, autograd_step
+
+
 MODELS = {
     "mlp": mlp_pair,
+    "mlp (fused sgd)": lambda batch, device: mlp_pair(batch, device, fused=True),
     "mlp+batchnorm": lambda batch, device: mlp_pair(batch, device, norm="batch"),
     "mlp+layernorm": lambda batch, device: mlp_pair(batch, device, norm="layer"),
     "scaled+dropout": dropout_pair,
@@ -237,14 +267,14 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    print(f"{'model':<14}{'batch':>6}{'hand-written':>15}{'autograd':>12}{'ratio':>8}")
+    print(f"{'model':<16}{'batch':>6}{'hand-written':>15}{'autograd':>12}{'ratio':>8}")
     for name in args.models:
         for batch in args.batches:
             hand, auto = MODELS[name](batch, args.device)
             t_hand, t_auto = time_pair(hand, auto, args.device, args.steps, args.blocks)
             rows.append({"model": name, "batch": batch, "hand_ms": 1e3 * t_hand,
                          "autograd_ms": 1e3 * t_auto, "ratio": t_hand / t_auto})
-            print(f"{name:<14}{batch:>6}{1e3 * t_hand:>12.3f} ms{1e3 * t_auto:>9.3f} ms"
+            print(f"{name:<16}{batch:>6}{1e3 * t_hand:>12.3f} ms{1e3 * t_auto:>9.3f} ms"
                   f"{t_hand / t_auto:>8.2f}", flush=True)
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor() or platform.platform()}

@@ -40,15 +40,18 @@ def relu_forward(x: torch.Tensor):
 
 
 # book/02_mlp.md:252
-def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True):
+def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True, out=None):
     """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
 
     With input_grad=False, dx is not computed (None): the first layer's input needs no gradient.
+    out: optional (dW, db) tensors of the right shapes to write the gradients into, instead of
+    allocating new ones (a layer passes its own gradient buffers).
     """
     x, W = cache
+    dW_buffer, db_buffer = (None, None) if out is None else out
     dx = dout @ W.T if input_grad else None          # (eq-mlp-dx)
-    dW = x.T @ dout                                  # (eq-mlp-dw)
-    db = dout.sum(0)                                 # (eq-mlp-db)
+    dW = torch.mm(x.T, dout, out=dW_buffer)          # (eq-mlp-dw)
+    db = torch.sum(dout, 0, out=db_buffer)           # (eq-mlp-db)
     return dx, dW, db
 
 
@@ -58,7 +61,7 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:350
+# book/02_mlp.md:357
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 
@@ -105,13 +108,15 @@ class Linear(Layer):
         std = math.sqrt(gain / d_in)                 # (eq-mlp-he)
         W = torch.randn(d_in, d_out, generator=generator, dtype=dtype) * std
         self.params = {"W": W.to(device), "b": torch.zeros(d_out, dtype=dtype, device=device)}
+        self.grads = {name: torch.zeros_like(p) for name, p in self.params.items()}  # reused buffers
 
     def forward(self, x):
         out, self.cache = linear_forward(x, self.params["W"], self.params["b"])
         return out
 
     def backward(self, dout, input_grad=True):
-        dx, self.grads["W"], self.grads["b"] = linear_backward(dout, self.cache, input_grad)
+        """Overwrites the gradient buffers in place; clone them to keep an earlier step's gradient."""
+        dx, _, _ = linear_backward(dout, self.cache, input_grad, out=(self.grads["W"], self.grads["b"]))
         return dx
 
 

@@ -169,8 +169,8 @@ def moe_dispatch_backward(dout: torch.Tensor, cache, experts: list):
     dx, dgates = torch.zeros_like(x), torch.zeros_like(gates)
     for i, (expert, r) in enumerate(zip(experts, routed)):
         if r is None:                                                      # no examples: zero grads
-            for layer in expert.layers:
-                layer.grads = {name: torch.zeros_like(p) for name, p in layer.params.items()}
+            for grad in expert.gradients():
+                grad.zero_()
             continue
         idx, y_i = r
         dgates[idx, i] = (dout[idx] * y_i).sum(1)                          # (eq-moe-dcombine)

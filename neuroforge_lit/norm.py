@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-# book/03_normalization.md:81
+# book/03_normalization.md:87
 class NormCache(NamedTuple):
     """What the backward pass of a normalisation needs (and the batch statistics, for running stats)."""
 
@@ -56,11 +56,11 @@ def normalize_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, 
     var = (centred * centred).mean(dim, keepdim=True)      # (eq-norm-var)
     inv_std = torch.rsqrt(var + eps)                       # (eq-norm-invstd)
     xhat = centred * inv_std                               # (eq-norm-xhat)
-    out = gamma * xhat + beta                              # (eq-norm-out)
+    out = torch.addcmul(beta, gamma, xhat)                 # (eq-norm-out): beta + gamma * xhat, one pass
     return out, NormCache(xhat, inv_std, gamma, mean, var, dim)
 
 
-# book/03_normalization.md:189
+# book/03_normalization.md:195
 def normalize_backward(dout: torch.Tensor, cache: NormCache):
     """Gradients of normalize_forward: dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,)."""
     xhat, inv_std, gamma, _, _, dim = cache
@@ -72,7 +72,7 @@ def normalize_backward(dout: torch.Tensor, cache: NormCache):
     return dx, dgamma, dbeta
 
 
-# book/03_normalization.md:237
+# book/03_normalization.md:243
 def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Training-mode batch norm: statistics over the batch (dim 0) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "batchnorm_forward")
@@ -89,8 +89,8 @@ def batchnorm_backward(dout, cache: NormCache):
     n = dout.shape[0]
     dbeta = dout.sum(0)                                                          # (eq-norm-dparams)
     dgamma = (dout * xhat).sum(0)                                                # (eq-norm-dparams)
-    dx = (gamma * inv_std / n) * (n * dout - dbeta - xhat * dgamma)              # (eq-bn-dx)
-    return dx, dgamma, dbeta
+    dx = torch.addcmul(dout - dbeta / n, xhat, dgamma / n, value=-1)             # (eq-bn-dx): the bracket / N
+    return dx.mul_(gamma * inv_std), dgamma, dbeta                               # (eq-bn-dx): times gamma s
 
 
 def running_stats_update(running_mean, running_var, cache: NormCache, momentum: float = 0.1):
@@ -116,7 +116,7 @@ def batchnorm_eval_backward(dout, cache):
     return dout * scale, (dout * xhat).sum(0), dout.sum(0)                       # (eq-bn-eval)
 
 
-# book/03_normalization.md:290
+# book/03_normalization.md:309
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Layer norm: statistics over the features of each example (dim -1) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "layernorm_forward")
@@ -125,10 +125,19 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
 
 def layernorm_backward(dout, cache: NormCache):
     """Gradients of layer norm -> dx (N, D), dgamma (D,), dbeta (D,)."""
-    return normalize_backward(dout, cache)
+    xhat, inv_std, gamma, _, _, _ = cache
+    d = dout.shape[1]
+    dbeta = dout.sum(0)                                                     # (eq-norm-dparams)
+    dout_xhat = dout * xhat
+    dgamma = dout_xhat.sum(0)                                               # (eq-norm-dparams)
+    mean_dxhat = (dout @ gamma).div_(d)[:, None]                            # (eq-ln-means)
+    mean_dxhat_xhat = (dout_xhat @ gamma).div_(d)[:, None]                  # (eq-ln-means)
+    dxhat_centred = (gamma * dout).sub_(mean_dxhat)                         # (eq-norm-dparams), (eq-norm-dx)
+    dx = torch.addcmul(dxhat_centred, xhat, mean_dxhat_xhat, value=-1)     # (eq-norm-dx): the bracket
+    return dx.mul_(inv_std), dgamma, dbeta                                  # (eq-norm-dx): times s
 
 
-# book/03_normalization.md:401
+# book/03_normalization.md:429
 class BatchNorm1d(Layer):
     """Batch norm over (N, D) inputs: batch statistics in training mode, running ones in eval mode."""
 

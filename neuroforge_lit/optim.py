@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:55
+# book/04_optimizers.md:57
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -81,7 +81,8 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         return {"type": type(self).__name__, "t": self.t, "hyperparameters": self.hyperparameters(),
-                "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
+                "state": [{k: v.clone() for k, v in s.items() if not k.startswith("_")}   # "_": scratch
+                          for s in self.state]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("type") != type(self).__name__:
@@ -92,7 +93,7 @@ class Optimizer:
         self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
 
 
-# book/04_optimizers.md:156
+# book/04_optimizers.md:159
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -119,7 +120,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:218
+# book/04_optimizers.md:221
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -145,14 +146,17 @@ class Adam(Optimizer):
         v = state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)  # (eq-opt-adam-v)
         correction1 = 1 - beta1 ** self.t                           # (eq-opt-adam-hat)
         correction2 = 1 - beta2 ** self.t                           # (eq-opt-adam-hat)
-        denom = (v.sqrt() / math.sqrt(correction2)).add_(self.eps)  # sqrt(v_hat) + eps
+        if "_denom" not in state:                                   # scratch space, reused every step
+            state["_denom"] = torch.empty_like(p)
+        denom = torch.sqrt(v, out=state["_denom"])                  # sqrt(v_hat) + eps, in that buffer
+        denom.div_(math.sqrt(correction2)).add_(self.eps)
         p.addcdiv_(m, denom, value=-self.lr / correction1)          # (eq-opt-adam-update)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:267
+# book/04_optimizers.md:273
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

@@ -1,0 +1,60 @@
+"""sgd_step_fused (book/09_performance.md): the update folded into the backward pass must give the
+parameters that backward + GradientDescent give, for every kind of layer it meets."""
+
+import copy
+
+import pytest
+import torch
+
+from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.fused import sgd_step_fused
+from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.losses import softmax_cross_entropy
+from neuroforge_lit.norm import normalized_mlp
+from neuroforge_lit.training import GradientDescent
+
+
+def _batch(n=32, d=20, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+def test_fused_step_matches_backward_then_gradient_descent(norm):
+    x, y = _batch()
+    fused = normalized_mlp([20, 16, 8, 5], norm, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    plain = copy.deepcopy(fused)
+    before = [p.clone() for p in fused.parameters()]
+    for _ in range(4):
+        plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+        GradientDescent(0.2).step(plain.parameters(), plain.gradients())
+        sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.2)
+    for p, q, b in zip(fused.parameters(), plain.parameters(), before):
+        assert not torch.equal(p, b)                      # the step moved every parameter
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_step_with_dropout_uses_the_forward_mask():
+    x, y = _batch()
+    layers = [Linear(20, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64), ReLU(),
+              Dropout(0.5, generator=torch.Generator().manual_seed(3)),
+              Linear(16, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)]
+    fused = Sequential(*layers)
+    plain = copy.deepcopy(fused)
+    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+    GradientDescent(0.1).step(plain.parameters(), plain.gradients())
+    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.1)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_lr_zero_changes_nothing_and_bad_input_is_refused():
+    x, y = _batch()
+    model = normalized_mlp([20, 8, 5], None, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    before = [p.clone() for p in model.parameters()]
+    sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=0.0)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match="learning rate must be >= 0, got -0.1"):
+        sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=-0.1)
+    with pytest.raises(TypeError, match="needs a Sequential model, got Linear"):
+        sgd_step_fused(model.layers[0], torch.zeros(32, 8, dtype=torch.float64), lr=0.1)
