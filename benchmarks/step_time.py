@@ -64,12 +64,7 @@ def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=N
     ref = nn.Sequential(*layers).to(device)
     ref_opt = _best_sgd(ref.parameters(), lr)
 
-    def autograd_step():
-        ref_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(ref(x), y).backward()
-        ref_opt.step()
-
-    return hand_step, autograd_step
+    return hand_step, _autograd_step(ref, ref_opt, x, y)
 
 
 def _best(cls, params, **hyper):
@@ -96,6 +91,15 @@ def _hand_step(model, opt, x, y):
     return step
 
 
+def _autograd_step(model, optimizer, x, y):
+    """One step the PyTorch way: zero the gradients, forward, autograd backward, update."""
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return step
+
+
 def _batch(batch, device, d_in=784, classes=10):
     g = torch.Generator().manual_seed(0)
     return (torch.rand(batch, d_in, generator=g).to(device),
@@ -119,12 +123,7 @@ def dropout_pair(batch: int, device: str, sizes=(784, 576, 512, 128, 10), lr=2e-
 
     hand_step = _hand_step(ours, opt, x, y)
 
-    def autograd_step():
-        ref_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(ref(x), y).backward()
-        ref_opt.step()
-
-    return hand_step, autograd_step
+    return hand_step, _autograd_step(ref, ref_opt, x, y)
 
 
 class TorchMoE(nn.Module):

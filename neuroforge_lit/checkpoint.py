@@ -17,11 +17,11 @@ renamed over the target, so a crash mid-save leaves the previous checkpoint inta
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from neuroforge_lit.files import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
@@ -67,16 +67,7 @@ def save_checkpoint(path: str | Path, model, optimizer=None, extra: dict | None 
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "extra": dict(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:

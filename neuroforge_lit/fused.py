@@ -9,13 +9,14 @@ its equations, in the chapter(s) below; the comment above each block gives its c
 
 import torch
 from neuroforge_lit.layers import Linear, Sequential
+from neuroforge_lit.training import GradientDescent
 
 __all__ = [
     "sgd_step_fused",
 ]
 
 
-# book/09_performance.md:159
+# book/09_performance.md:163
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
@@ -26,8 +27,7 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"sgd_step_fused needs a Sequential model, got {type(model).__name__}")
-    if not lr >= 0:
-        raise ValueError(f"learning rate must be >= 0, got {lr}")
+    step = GradientDescent(lr).step                               # checks lr; updates layers other than Linear
     for i in reversed(range(len(model.layers))):
         layer, input_grad = model.layers[i], i > 0
         if isinstance(layer, Linear):
@@ -37,6 +37,5 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
             layer.params["b"].sub_(dout.sum(0), alpha=lr)         # b <- b - lr sum_n dO_n
         else:
             dx = layer.backward(dout, input_grad=input_grad)
-            for p, g in zip(layer.parameters(), layer.gradients()):
-                p.sub_(g, alpha=lr)
+            step(layer.parameters(), layer.gradients())
         dout = dx
