@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# book/05_dropout.md:73
+# book/05_dropout.md:82
 def _check_p(p: float) -> None:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
@@ -27,7 +27,9 @@ def _check_p(p: float) -> None:
 def dropout_mask(shape, p: float, *, generator=None, dtype=torch.float32, device=None) -> torch.Tensor:
     """An inverted-dropout mask: 1/(1-p) with probability 1-p, else 0 (`p` is the drop probability)."""
     _check_p(p)
-    keep = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p, generator=generator)
+    u_dtype = torch.float64 if dtype == torch.float64 else torch.float32   # 16-bit u is too coarse
+    u = torch.rand(shape, generator=generator, dtype=u_dtype, device=device)
+    keep = u.ge_(p).to(dtype)                                   # r = [u >= p] ~ Bernoulli(1 - p)
     return keep.div_(1 - p)                                     # (eq-do-forward): m = r / (1 - p)
 
 

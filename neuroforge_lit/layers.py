@@ -39,7 +39,7 @@ def relu_forward(x: torch.Tensor):
     return out, out
 
 
-# book/02_mlp.md:252
+# book/02_mlp.md:258
 def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True, out=None):
     """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
 
@@ -61,7 +61,7 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:357
+# book/02_mlp.md:370
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 

@@ -106,8 +106,12 @@ def noisy_top_k_gating_forward(x, W_g, W_noise, k: int, noise=None, noise_epsilo
     return gates, load, GatingCache(x, W_g, W_noise, noise, raw, sigma, top_idx, kept, is_in, u, k)
 
 
-def noisy_top_k_gating_backward(dgates: torch.Tensor, dload: torch.Tensor | None, cache: GatingCache):
-    """Gradients of the gates and the load -> dx (B, D), dW_g (D, E), dW_noise (D, E)."""
+def noisy_top_k_gating_backward(dgates: torch.Tensor, dload: torch.Tensor | None, cache: GatingCache,
+                                input_grad: bool = True):
+    """Gradients of the gates and the load -> dx (B, D), dW_g (D, E), dW_noise (D, E).
+
+    With input_grad=False, dx is not computed (None): the input of a first layer needs no gradient.
+    """
     x, W_g, W_noise, noise, raw, sigma, top_idx, kept, is_in, u, k = cache
     sel = top_idx[:, :k]
     dkept = dgates.gather(1, sel)
@@ -124,12 +128,13 @@ def noisy_top_k_gating_backward(dgates: torch.Tensor, dload: torch.Tensor | None
         dH.scatter_add_(1, top_idx[:, k - 1:k], (dtheta * ~is_in).sum(1, keepdim=True))
     dh += dH                                                               # (eq-moe-dnoisy)
     dW_noise = torch.zeros_like(W_noise)
-    dx = dh @ W_g.T
+    dx = dh @ W_g.T if input_grad else None
     if noise is not None:
         dsigma += dH * noise                                               # (eq-moe-dnoisy)
         draw = dsigma * torch.sigmoid(raw)                                 # softplus' = sigmoid
         dW_noise = x.T @ draw
-        dx = dx + draw @ W_noise.T
+        if input_grad:
+            dx.addmm_(draw, W_noise.T)                                     # x reaches both logits
     return dx, x.T @ dh, dW_noise
 
 
@@ -146,7 +151,7 @@ def cv_squared(v: torch.Tensor, eps: float = 1e-10):
     return value, dv
 
 
-# book/07_mixture_of_experts.md:305
+# book/07_mixture_of_experts.md:310
 def moe_dispatch_forward(x: torch.Tensor, gates: torch.Tensor, experts: list):
     """y = sum_i gates[:, i] * expert_i(x), running each expert only on its routed examples."""
     out, routed = None, []
@@ -163,10 +168,12 @@ def moe_dispatch_forward(x: torch.Tensor, gates: torch.Tensor, experts: list):
     return out, (x, gates, routed)
 
 
-def moe_dispatch_backward(dout: torch.Tensor, cache, experts: list):
-    """-> dx (B, D) through the experts, dgates (B, E); fills every expert's grads."""
+def moe_dispatch_backward(dout: torch.Tensor, cache, experts: list, input_grad: bool = True):
+    """-> dx (B, D) through the experts (None if not input_grad), dgates (B, E); fills every
+    expert's grads."""
     x, gates, routed = cache
-    dx, dgates = torch.zeros_like(x), torch.zeros_like(gates)
+    dx = torch.zeros_like(x) if input_grad else None
+    dgates = torch.zeros_like(gates)
     for i, (expert, r) in enumerate(zip(experts, routed)):
         if r is None:                                                      # no examples: zero grads
             for grad in expert.gradients():
@@ -174,11 +181,13 @@ def moe_dispatch_backward(dout: torch.Tensor, cache, experts: list):
             continue
         idx, y_i = r
         dgates[idx, i] = (dout[idx] * y_i).sum(1)                          # (eq-moe-dcombine)
-        dx.index_add_(0, idx, expert.backward(gates[idx, i, None] * dout[idx]))   # (eq-moe-dcombine)
+        dx_i = expert.backward(gates[idx, i, None] * dout[idx], input_grad)  # (eq-moe-dcombine)
+        if input_grad:
+            dx.index_add_(0, idx, dx_i)
     return dx, dgates
 
 
-# book/07_mixture_of_experts.md:344
+# book/07_mixture_of_experts.md:353
 class MoE(Layer):
     """A sparsely-gated mixture of `n_experts` feed-forward experts (d_in -> hidden -> d_out), top-k."""
 
@@ -211,11 +220,11 @@ class MoE(Layer):
         return out
 
     def backward(self, dout, input_grad=True):
-        dx_experts, dgates = moe_dispatch_backward(dout, self.dispatch_cache, self.experts)
+        dx_experts, dgates = moe_dispatch_backward(dout, self.dispatch_cache, self.experts, input_grad)
         dgates = dgates + self.w_importance * self.dimportance             # Importance = sum of gates
         dx_gate, self.grads["W_g"], self.grads["W_noise"] = noisy_top_k_gating_backward(
-            dgates, self.w_load * self.dload, self.gate_cache)
-        return dx_experts + dx_gate
+            dgates, self.w_load * self.dload, self.gate_cache, input_grad)
+        return dx_experts.add_(dx_gate) if input_grad else None
 
     def train(self, mode: bool = True) -> "MoE":
         self.training = mode

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:57
+# book/04_optimizers.md:55
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -56,6 +56,11 @@ class Optimizer:
         if not self.state:
             self.state = [self.init_state(p) for p in params]
         self.t += 1
+        if params:
+            self.update_all(params, grads)
+
+    def update_all(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """One parameter at a time; Adam overrides this to run each equation over the whole list."""
         for p, g, state in zip(params, grads, self.state):
             self.update(p, g, state)
 
@@ -81,8 +86,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         return {"type": type(self).__name__, "t": self.t, "hyperparameters": self.hyperparameters(),
-                "state": [{k: v.clone() for k, v in s.items() if not k.startswith("_")}   # "_": scratch
-                          for s in self.state]}
+                "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("type") != type(self).__name__:
@@ -93,7 +97,7 @@ class Optimizer:
         self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
 
 
-# book/04_optimizers.md:159
+# book/04_optimizers.md:161
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -120,7 +124,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:221
+# book/04_optimizers.md:231
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -135,28 +139,30 @@ class Adam(Optimizer):
     def init_state(self, p):
         return {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
 
-    def update(self, p, g, state):
-        if self.weight_decay:
-            g = g.add(p, alpha=self.weight_decay)                    # L2 in the gradient (eq-opt-sgd)
-        self.adam_step(p, g, state)
+    def update_all(self, params, grads):
+        if self.weight_decay:                                       # L2 in the gradient (eq-opt-sgd)
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        self.adam_step(params, grads)
 
-    def adam_step(self, p, g, state):
+    def adam_step(self, params, grads):
+        """(eq-opt-adam-m) to (eq-opt-adam-update), each line applied to every tensor of the lists."""
         beta1, beta2 = self.betas
-        m = state["m"].lerp_(g, 1 - beta1)                          # (eq-opt-adam-m)
-        v = state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)  # (eq-opt-adam-v)
+        m, v = [s["m"] for s in self.state], [s["v"] for s in self.state]
+        torch._foreach_lerp_(m, grads, 1 - beta1)                   # (eq-opt-adam-m)
+        torch._foreach_mul_(v, beta2)                               # (eq-opt-adam-v) ...
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)   # ... + (1 - beta2) g * g
         correction1 = 1 - beta1 ** self.t                           # (eq-opt-adam-hat)
         correction2 = 1 - beta2 ** self.t                           # (eq-opt-adam-hat)
-        if "_denom" not in state:                                   # scratch space, reused every step
-            state["_denom"] = torch.empty_like(p)
-        denom = torch.sqrt(v, out=state["_denom"])                  # sqrt(v_hat) + eps, in that buffer
-        denom.div_(math.sqrt(correction2)).add_(self.eps)
-        p.addcdiv_(m, denom, value=-self.lr / correction1)          # (eq-opt-adam-update)
+        denom = torch._foreach_sqrt(v)                              # sqrt(v_hat) + eps
+        torch._foreach_div_(denom, math.sqrt(correction2))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-self.lr / correction1)   # (eq-opt-adam-update)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:273
+# book/04_optimizers.md:285
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 
@@ -164,6 +170,6 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2):
         super().__init__(lr, betas, eps, weight_decay)
 
-    def update(self, p, g, state):
-        p.mul_(1 - self.lr * self.weight_decay)                     # (eq-opt-adamw): decay apart
-        self.adam_step(p, g, state)                                  # Adam on the loss gradient only
+    def update_all(self, params, grads):
+        torch._foreach_mul_(params, 1 - self.lr * self.weight_decay)   # (eq-opt-adamw): decay apart
+        self.adam_step(params, grads)                                  # Adam on the loss gradient only

@@ -41,6 +41,15 @@ def test_mask_values_and_expectation(gen):
     assert abs((m > 0).float().mean().item() - 0.75) < 5e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_keep_rate_is_one_minus_p_in_every_dtype(dtype):
+    # 4e6 draws: the keep rate's standard error is 2.3e-4, so 1.5e-3 is a > 6 sigma bound, yet a
+    # uniform drawn in bfloat16 (a bias near 1.6e-3 at p = 0.3) would fail it.
+    m = dropout_mask((2000, 2000), 0.3, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    assert m.dtype == dtype
+    assert abs((m > 0).double().mean().item() - 0.7) < 1.5e-3
+
+
 def test_same_generator_seed_same_mask():
     a = dropout_mask((50, 20), 0.5, generator=torch.Generator().manual_seed(7))
     b = dropout_mask((50, 20), 0.5, generator=torch.Generator().manual_seed(7))

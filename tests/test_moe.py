@@ -159,6 +159,19 @@ def test_layer_gradients_every_path(gen):
                    dict(x=dx, **dict(zip(names, layer.gradients())))).assert_ok()
 
 
+def test_without_input_grad_same_parameter_gradients_and_no_dx(gen):
+    layer = MoE(4, 2, 3, 2, 3, generator=gen, dtype=torch.float64)
+    layer.params = {"W_g": f64(4, 3, gen=gen), "W_noise": 0.5 * f64(4, 3, gen=gen)}
+    x, noise, dy = f64(6, 4, gen=gen), f64(6, 3, gen=gen), f64(6, 2, gen=gen)
+    layer.forward(x, noise=noise)
+    assert layer.backward(dy).shape == x.shape
+    full = [g.clone() for g in layer.gradients()]      # Linear gradient buffers are reused
+    layer.forward(x, noise=noise)
+    assert layer.backward(dy, input_grad=False) is None
+    for a, b in zip(full, layer.gradients()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
 def test_layer_in_a_sequential_trains(gen):
     from neuroforge_lit.layers import Linear, Sequential
     from neuroforge_lit.losses import softmax_cross_entropy
