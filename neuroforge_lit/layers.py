@@ -61,7 +61,7 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:370
+# book/02_mlp.md:371
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 

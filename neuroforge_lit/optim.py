@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:55
+# book/04_optimizers.md:57
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -97,7 +97,7 @@ class Optimizer:
         self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
 
 
-# book/04_optimizers.md:161
+# book/04_optimizers.md:163
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -124,7 +124,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:231
+# book/04_optimizers.md:233
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -162,7 +162,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:285
+# book/04_optimizers.md:287
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:549
+# book/02_mlp.md:550
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 
