@@ -39,7 +39,7 @@ def relu_forward(x: torch.Tensor):
     return out, out
 
 
-# book/02_mlp.md:258
+# book/02_mlp.md:262
 def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True, out=None):
     """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
 
@@ -58,10 +58,10 @@ def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True, out=None
 def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     """Gradient of ReLU: dout where the output was positive, 0 elsewhere."""
     out = cache
-    return dout * out.sign()                         # (eq-mlp-drelu): sign(out) = 1[out > 0]
+    return out.sign().mul_(dout)                     # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:371
+# book/02_mlp.md:375
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 

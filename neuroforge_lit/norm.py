@@ -72,7 +72,7 @@ def normalize_backward(dout: torch.Tensor, cache: NormCache):
     return dx, dgamma, dbeta
 
 
-# book/03_normalization.md:243
+# book/03_normalization.md:247
 def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Training-mode batch norm: statistics over the batch (dim 0) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "batchnorm_forward")
@@ -88,9 +88,11 @@ def batchnorm_backward(dout, cache: NormCache):
     xhat, inv_std, gamma, _, _, _ = cache
     n = dout.shape[0]
     dbeta = dout.sum(0)                                                          # (eq-norm-dparams)
-    dgamma = (dout * xhat).sum(0)                                                # (eq-norm-dparams)
-    dx = torch.addcmul(dout - dbeta / n, xhat, dgamma / n, value=-1)             # (eq-bn-dx): the bracket / N
-    return dx.mul_(gamma * inv_std), dgamma, dbeta                               # (eq-bn-dx): times gamma s
+    dout_xhat = dout * xhat
+    dgamma = dout_xhat.sum(0)                                                    # (eq-norm-dparams)
+    scale = gamma * inv_std.squeeze(0)                                           # gamma s, per feature
+    dx = torch.addcmul(scale * dbeta / -n, scale, dout, out=dout_xhat)           # (eq-bn-dx): gamma s (dy - dbeta / N)
+    return dx.addcmul_(xhat, scale * dgamma / -n), dgamma, dbeta                 # (eq-bn-dx): - gamma s xhat dgamma / N
 
 
 def running_stats_update(running_mean, running_var, cache: NormCache, momentum: float = 0.1):
@@ -116,7 +118,7 @@ def batchnorm_eval_backward(dout, cache):
     return dout * scale, (dout * xhat).sum(0), dout.sum(0)                       # (eq-bn-eval)
 
 
-# book/03_normalization.md:309
+# book/03_normalization.md:315
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Layer norm: statistics over the features of each example (dim -1) -> (out, NormCache)."""
     _check_affine(x, gamma, beta, "layernorm_forward")
@@ -132,12 +134,12 @@ def layernorm_backward(dout, cache: NormCache):
     dgamma = dout_xhat.sum(0)                                               # (eq-norm-dparams)
     mean_dxhat = (dout @ gamma).div_(d)[:, None]                            # (eq-ln-means)
     mean_dxhat_xhat = (dout_xhat @ gamma).div_(d)[:, None]                  # (eq-ln-means)
-    dxhat_centred = (gamma * dout).sub_(mean_dxhat)                         # (eq-norm-dparams), (eq-norm-dx)
-    dx = torch.addcmul(dxhat_centred, xhat, mean_dxhat_xhat, value=-1)     # (eq-norm-dx): the bracket
+    dx = torch.addcmul(-mean_dxhat, gamma, dout, out=dout_xhat)             # (eq-norm-dx): dxhat - mean(dxhat)
+    dx.addcmul_(xhat, mean_dxhat_xhat, value=-1)                            # (eq-norm-dx): the bracket
     return dx.mul_(inv_std), dgamma, dbeta                                  # (eq-norm-dx): times s
 
 
-# book/03_normalization.md:429
+# book/03_normalization.md:435
 class BatchNorm1d(Layer):
     """Batch norm over (N, D) inputs: batch statistics in training mode, running ones in eval mode."""
 

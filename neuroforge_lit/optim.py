@@ -124,7 +124,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:233
+# book/04_optimizers.md:237
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -135,9 +135,14 @@ class Adam(Optimizer):
             _check_range(f"betas[{i}]", beta, 0.0, 1.0)
         _check_range("eps", eps, 0.0)
         self.betas, self.eps = tuple(betas), eps
+        self._denom: list[torch.Tensor] = []    # scratch for sqrt(v_hat) + eps, reused every step
 
     def init_state(self, p):
         return {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._denom = []                         # rebuilt for the loaded parameters' shapes
 
     def update_all(self, params, grads):
         if self.weight_decay:                                       # L2 in the gradient (eq-opt-sgd)
@@ -153,7 +158,11 @@ class Adam(Optimizer):
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)   # ... + (1 - beta2) g * g
         correction1 = 1 - beta1 ** self.t                           # (eq-opt-adam-hat)
         correction2 = 1 - beta2 ** self.t                           # (eq-opt-adam-hat)
-        denom = torch._foreach_sqrt(v)                              # sqrt(v_hat) + eps
+        if not self._denom:
+            self._denom = [torch.empty_like(v_i) for v_i in v]
+        denom = self._denom
+        for v_i, d_i in zip(v, denom):                              # sqrt(v_hat) + eps, written into
+            torch.sqrt(v_i, out=d_i)                                # the scratch buffers
         torch._foreach_div_(denom, math.sqrt(correction2))
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, m, denom, value=-self.lr / correction1)   # (eq-opt-adam-update)
@@ -162,7 +171,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:287
+# book/04_optimizers.md:300
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

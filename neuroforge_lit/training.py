@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:550
+# book/02_mlp.md:554
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 

@@ -70,6 +70,28 @@ def test_resume_from_state_dict_is_bit_identical(make, gen):
     assert all(torch.equal(x, y) for x, y in zip(a, c))
 
 
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_scratch_buffers_are_not_state_and_follow_a_loaded_state(cls, gen):
+    """The denominator buffers are reused between steps, never saved, and rebuilt when an
+    optimizer that stepped on other shapes loads a state_dict."""
+    small = [torch.randn(4, dtype=torch.float64, generator=gen)]
+    start = _params(gen)
+    grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in start] for _ in range(6)]
+    a, opt_a = [p.clone() for p in start], cls(1e-2)
+    for g in grads:
+        opt_a.step(a, g)
+    b, opt_b = [p.clone() for p in start], cls(1e-2)
+    for g in grads[:3]:
+        opt_b.step(b, g)
+    assert all(set(s) == {"m", "v"} for s in opt_b.state_dict()["state"])
+    reused = cls(1e-2)
+    reused.step(small, [torch.ones_like(small[0])])          # its buffers now have the wrong shapes
+    reused.load_state_dict(opt_b.state_dict())
+    for g in grads[3:]:
+        reused.step(b, g)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_state_dict_is_a_copy(gen):
     p = _params(gen)
     opt = Adam(0.1)
