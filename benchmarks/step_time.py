@@ -5,8 +5,9 @@ optimizers where available). Prints a table and writes benchmarks/results/step_t
     python benchmarks/step_time.py                  # all models, batches 32 128 512, CPU
     python benchmarks/step_time.py --models mlp --batches 128 --device cuda
 
-The two implementations run interleaved in one process (warm-up first, then alternating blocks of
-steps), and the figure is the median over blocks, so machine noise hits both alike. Timings on
+The two implementations run interleaved in one process (warm-up first, then rounds of one block of
+steps each, in alternating order), and the ratio is the median of the rounds' ratios, so machine
+noise hits both alike. Timings on
 shared machines vary from run to run: compare the *ratio* measured within one run.
 """
 
@@ -239,20 +240,31 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_pair(hand, auto, device: str, steps: int, blocks: int) -> tuple[float, float]:
+def time_pair(hand, auto, device: str, steps: int, blocks: int) -> tuple[float, float, float]:
+    """Seconds per step of each, and their ratio hand / auto.
+
+    After a warm-up, each of `blocks` rounds times `steps` steps of one and then `steps` of the
+    other, the order alternating from round to round so that neither always runs in the state
+    the other left (caches, the memory allocator). The times are medians over the rounds; the
+    ratio is the median of the rounds' own ratios, so a slow patch of the machine, which hits both
+    blocks of a round alike, cancels out of it.
+    """
     for _ in range(max(3, steps // 2)):  # warm-up: allocator, kernels, optimizer state
         hand()
         auto()
     _sync(device)
-    times = {"hand": [], "auto": []}
-    for _ in range(blocks):
-        for name, fn in (("hand", hand), ("auto", auto)):
+    rounds = []
+    for r in range(blocks):
+        times = {}
+        for name, fn in ((("hand", hand), ("auto", auto)) if r % 2 == 0 else (("auto", auto), ("hand", hand))):
             start = time.perf_counter()
             for _ in range(steps):
                 fn()
             _sync(device)
-            times[name].append((time.perf_counter() - start) / steps)
-    return statistics.median(times["hand"]), statistics.median(times["auto"])
+            times[name] = (time.perf_counter() - start) / steps
+        rounds.append((times["hand"], times["auto"]))
+    return (statistics.median(h for h, _ in rounds), statistics.median(a for _, a in rounds),
+            statistics.median(h / a for h, a in rounds))
 
 
 def main() -> None:
@@ -270,11 +282,11 @@ def main() -> None:
     for name in args.models:
         for batch in args.batches:
             hand, auto = MODELS[name](batch, args.device)
-            t_hand, t_auto = time_pair(hand, auto, args.device, args.steps, args.blocks)
+            t_hand, t_auto, ratio = time_pair(hand, auto, args.device, args.steps, args.blocks)
             rows.append({"model": name, "batch": batch, "hand_ms": 1e3 * t_hand,
-                         "autograd_ms": 1e3 * t_auto, "ratio": t_hand / t_auto})
+                         "autograd_ms": 1e3 * t_auto, "ratio": ratio})
             print(f"{name:<16}{batch:>6}{1e3 * t_hand:>12.3f} ms{1e3 * t_auto:>9.3f} ms"
-                  f"{t_hand / t_auto:>8.2f}", flush=True)
+                  f"{ratio:>8.2f}", flush=True)
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor() or platform.platform()}
     if args.device.startswith("cuda"):

@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 
-# book/09_performance.md:185
+# book/09_performance.md:188
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
