@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 
-# book/09_performance.md:188
+# book/09_performance.md:193
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
@@ -28,8 +28,9 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     if not isinstance(model, Sequential):
         raise TypeError(f"sgd_step_fused needs a Sequential model, got {type(model).__name__}")
     step = GradientDescent(lr).step                               # checks lr; updates layers other than Linear
-    for i in reversed(range(len(model.layers))):
-        layer, input_grad = model.layers[i], i > 0
+    first = model.first_with_parameters()                        # nothing below it needs a gradient
+    for i in reversed(range(first, len(model.layers))):
+        layer, input_grad = model.layers[i], i > first
         if isinstance(layer, Linear):
             x, W = layer.cache
             dx = dout @ W.T if input_grad else None              # dH = dO W^T, before W changes

@@ -61,7 +61,7 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     return out.sign().mul_(dout)                     # (eq-mlp-drelu): sign(out) = 1[out > 0]
 
 
-# book/02_mlp.md:375
+# book/02_mlp.md:380
 class Layer:
     """A thin layer: `params` and `grads` (dicts of tensors), a cache, and a `training` flag."""
 
@@ -143,11 +143,17 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
+    def first_with_parameters(self) -> int:
+        """The index of the lowest layer that has parameters (len(layers) if none has)."""
+        return next((i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
+
     def backward(self, dout, input_grad=True):
-        """Backward through every layer; input_grad=False skips the first layer's input gradient."""
-        for i in reversed(range(len(self.layers))):
-            dout = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
-        return dout
+        """Backward through the layers in reverse. With input_grad=False it stops at the lowest
+        layer with parameters, which skips its own input gradient, and returns None."""
+        first = 0 if input_grad else self.first_with_parameters()
+        for i in reversed(range(first, len(self.layers))):
+            dout = self.layers[i].backward(dout, input_grad=input_grad or i > first)
+        return dout if input_grad else None
 
     def train(self, mode: bool = True) -> "Sequential":
         self.training = mode

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-# book/02_mlp.md:554
+# book/02_mlp.md:565
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 

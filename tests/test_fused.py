@@ -58,3 +58,18 @@ def test_lr_zero_changes_nothing_and_bad_input_is_refused():
         sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=-0.1)
     with pytest.raises(TypeError, match="needs a Sequential model, got Linear"):
         sgd_step_fused(model.layers[0], torch.zeros(32, 8, dtype=torch.float64), lr=0.1)
+
+
+def test_fused_step_on_a_model_that_starts_with_dropout():
+    """sgd_step_fused stops where Sequential.backward stops: at the lowest layer with parameters."""
+    x, y = _batch()
+    g = torch.Generator().manual_seed(6)
+    fused = Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(7)),
+                       Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
+                       Linear(16, 5, generator=g, dtype=torch.float64))
+    plain = copy.deepcopy(fused)
+    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+    GradientDescent(0.1).step(plain.parameters(), plain.gradients())
+    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.1)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)

@@ -183,3 +183,29 @@ def test_gradient_check_catches_a_wrong_backward(gen):
     assert not report.ok
     with pytest.raises(AssertionError, match="disagrees"):
         report.assert_ok()
+
+
+def test_sequential_without_input_grad_stops_at_the_lowest_layer_with_parameters(gen):
+    """A model that starts with dropout: with input_grad=False the dropout's backward is never run,
+    the first Linear skips its input gradient, and every parameter gradient is unchanged."""
+    from neuroforge_lit.dropout import Dropout
+    from neuroforge_lit.layers import Linear, ReLU, Sequential
+
+    model = Sequential(ReLU(), Dropout(0.3, generator=torch.Generator().manual_seed(1)),
+                       Linear(6, 5, generator=gen, dtype=torch.float64), ReLU(),
+                       Linear(5, 3, generator=gen, dtype=torch.float64))
+    assert model.first_with_parameters() == 2
+    x, dout = f64(4, 6, gen=gen), f64(4, 3, gen=gen)
+    model.forward(x)
+    dx = model.backward(dout, input_grad=True)
+    with_dx = [g.clone() for g in model.gradients()]
+    calls = []
+    for layer in model.layers:
+        def spy(d, input_grad=True, layer=layer, run=layer.backward):
+            calls.append((type(layer).__name__, input_grad))
+            return run(d, input_grad)
+        layer.backward = spy
+    assert model.backward(dout, input_grad=False) is None
+    assert calls == [("Linear", True), ("ReLU", True), ("Linear", False)]
+    assert all(torch.equal(a, b) for a, b in zip(with_dx, model.gradients()))
+    assert dx.shape == x.shape and Sequential(ReLU()).backward(dout, input_grad=False) is None
