@@ -7,8 +7,8 @@ optimizers where available). Prints a table and writes benchmarks/results/step_t
 
 The two implementations run interleaved in one process (warm-up first, then rounds of one block of
 steps each, in alternating order), and the ratio is the median of the rounds' ratios, so machine
-noise hits both alike. Timings on
-shared machines vary from run to run: compare the *ratio* measured within one run.
+noise hits both alike. Timings on shared machines vary from run to run: compare the *ratio*
+measured within one run.
 """
 
 from __future__ import annotations
@@ -253,10 +253,10 @@ def time_pair(hand, auto, device: str, steps: int, blocks: int) -> tuple[float, 
         hand()
         auto()
     _sync(device)
-    rounds = []
+    sides, rounds = [("hand", hand), ("auto", auto)], []
     for r in range(blocks):
         times = {}
-        for name, fn in ((("hand", hand), ("auto", auto)) if r % 2 == 0 else (("auto", auto), ("hand", hand))):
+        for name, fn in (sides if r % 2 == 0 else sides[::-1]):
             start = time.perf_counter()
             for _ in range(steps):
                 fn()

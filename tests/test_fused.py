@@ -19,6 +19,17 @@ def _batch(n=32, d=20, classes=5, seed=0):
     return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
 
 
+def _assert_one_fused_step_matches_plain(fused, x, y, lr=0.1):
+    """One sgd_step_fused against a copy stepped by backward + GradientDescent (same dropout masks:
+    the copy's generators are copied too)."""
+    plain = copy.deepcopy(fused)
+    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+    GradientDescent(lr).step(plain.parameters(), plain.gradients())
+    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=lr)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("norm", [None, "batch", "layer"])
 def test_fused_step_matches_backward_then_gradient_descent(norm):
     x, y = _batch()
@@ -39,13 +50,7 @@ def test_fused_step_with_dropout_uses_the_forward_mask():
     layers = [Linear(20, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64), ReLU(),
               Dropout(0.5, generator=torch.Generator().manual_seed(3)),
               Linear(16, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)]
-    fused = Sequential(*layers)
-    plain = copy.deepcopy(fused)
-    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
-    GradientDescent(0.1).step(plain.parameters(), plain.gradients())
-    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.1)
-    for p, q in zip(fused.parameters(), plain.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    _assert_one_fused_step_matches_plain(Sequential(*layers), x, y)
 
 
 def test_lr_zero_changes_nothing_and_bad_input_is_refused():
@@ -64,12 +69,7 @@ def test_fused_step_on_a_model_that_starts_with_dropout():
     """sgd_step_fused stops where Sequential.backward stops: at the lowest layer with parameters."""
     x, y = _batch()
     g = torch.Generator().manual_seed(6)
-    fused = Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(7)),
-                       Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
-                       Linear(16, 5, generator=g, dtype=torch.float64))
-    plain = copy.deepcopy(fused)
-    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
-    GradientDescent(0.1).step(plain.parameters(), plain.gradients())
-    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.1)
-    for p, q in zip(fused.parameters(), plain.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    _assert_one_fused_step_matches_plain(
+        Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(7)),
+                   Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
+                   Linear(16, 5, generator=g, dtype=torch.float64)), x, y)

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import f64
 
-from neuroforge_lit.layers import linear_backward, linear_forward, relu_backward, relu_forward
+from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.layers import (Linear, ReLU, Sequential, linear_backward, linear_forward, relu_backward,
+                                   relu_forward)
 from neuroforge_lit.logistic import bce_with_logits, logistic_backward, logistic_forward, sigmoid
 from neuroforge_lit.losses import cross_entropy, log_softmax, softmax, softmax_cross_entropy
 from neuroforge_lit.testing import gradient_check
@@ -188,9 +190,6 @@ def test_gradient_check_catches_a_wrong_backward(gen):
 def test_sequential_without_input_grad_stops_at_the_lowest_layer_with_parameters(gen):
     """A model that starts with dropout: with input_grad=False the dropout's backward is never run,
     the first Linear skips its input gradient, and every parameter gradient is unchanged."""
-    from neuroforge_lit.dropout import Dropout
-    from neuroforge_lit.layers import Linear, ReLU, Sequential
-
     model = Sequential(ReLU(), Dropout(0.3, generator=torch.Generator().manual_seed(1)),
                        Linear(6, 5, generator=gen, dtype=torch.float64), ReLU(),
                        Linear(5, 3, generator=gen, dtype=torch.float64))
@@ -208,4 +207,5 @@ def test_sequential_without_input_grad_stops_at_the_lowest_layer_with_parameters
     assert model.backward(dout, input_grad=False) is None
     assert calls == [("Linear", True), ("ReLU", True), ("Linear", False)]
     assert all(torch.equal(a, b) for a, b in zip(with_dx, model.gradients()))
-    assert dx.shape == x.shape and Sequential(ReLU()).backward(dout, input_grad=False) is None
+    assert dx.shape == x.shape
+    assert Sequential(ReLU()).backward(dout, input_grad=False) is None   # no parameters: nothing to run
