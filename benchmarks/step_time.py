@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.fused import sgd_step_fused
+from neuroforge_lit.fused import FusedAdamW, sgd_step_fused
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
@@ -118,7 +118,7 @@ def dropout_pair(batch: int, device: str, sizes=(784, 576, 512, 128, 10), lr=2e-
         if i < len(sizes) - 2:
             layers += [ReLU(), Dropout(0.5, generator=drops)]
             ref_layers += [nn.ReLU(), nn.Dropout(0.5)]
-    ours, opt = Sequential(*layers), AdamW(lr)
+    ours, opt = Sequential(*layers), FusedAdamW(lr)
     ref = nn.Sequential(*ref_layers).to(device)
     ref_opt = _best(torch.optim.AdamW, ref.parameters(), lr=lr)
 
@@ -169,7 +169,7 @@ def moe_pair(batch: int, device: str, lr=2e-3):
     g = torch.Generator().manual_seed(0)
     ours = Sequential(MoE(784, 128, 8, 2, 64, generator=g, noise_generator=torch.Generator().manual_seed(1),
                           device=device), ReLU(), Linear(128, 10, generator=g, device=device))
-    opt = AdamW(lr)
+    opt = FusedAdamW(lr)
     moe = TorchMoE(784, 128, 8, 2, 64).to(device)
     head = nn.Sequential(nn.ReLU(), nn.Linear(128, 10)).to(device)
     ref_opt = _best(torch.optim.AdamW, list(moe.parameters()) + list(head.parameters()), lr=lr)
@@ -185,13 +185,14 @@ def moe_pair(batch: int, device: str, lr=2e-3):
     return hand_step, autograd_step
 
 
-def adamw_pair(batch: int, device: str, sizes=(784, 512, 128, 10)):
-    """The AdamW update alone on the MLP's parameters (batch is unused: the update does not see it)."""
+def adamw_pair(batch: int, device: str, sizes=(784, 512, 128, 10), optimizer=FusedAdamW):
+    """The AdamW update alone on the MLP's parameters (batch is unused: the update does not see it);
+    optimizer=AdamW times the multi-tensor version of the optimizers chapter instead."""
     g = torch.Generator().manual_seed(0)
     shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
     ours = [torch.randn(s, generator=g).to(device) for s in shapes]
     grads = [torch.randn(s, generator=g).to(device) for s in shapes]
-    opt = AdamW(1e-3)
+    opt = optimizer(1e-3)
     theirs = [nn.Parameter(p.clone()) for p in ours]
     for p, gr in zip(theirs, grads):
         p.grad = gr.clone()
@@ -230,6 +231,7 @@ MODELS = {
     "scaled+dropout": dropout_pair,
     "moe": moe_pair,
     "adamw-update": adamw_pair,
+    "adamw (foreach)": lambda batch, device: adamw_pair(batch, device, optimizer=AdamW),
 }
 
 

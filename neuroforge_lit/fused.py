@@ -7,16 +7,22 @@ its equations, in the chapter(s) below; the comment above each block gives its c
   book/09_performance.md -> 09_performance.html
 """
 
+import functools
+import math
 import torch
+import warnings
 from neuroforge_lit.layers import Linear, Sequential
+from neuroforge_lit.optim import AdamW
 from neuroforge_lit.training import GradientDescent
 
 __all__ = [
     "sgd_step_fused",
+    "adamw_elementwise",
+    "FusedAdamW",
 ]
 
 
-# book/09_performance.md:193
+# book/09_performance.md:200
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
@@ -40,3 +46,46 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
             dx = layer.backward(dout, input_grad=input_grad)
             step(layer.parameters(), layer.gradients())
         dout = dx
+
+
+# book/09_performance.md:294
+def adamw_elementwise(params, grads, ms, vs, scalars: torch.Tensor) -> None:
+    """One AdamW step (eq-perf-adamw) for every tensor of the lists, in place. ``scalars`` holds
+    beta1, beta2, epsilon-hat, the decay factor 1 - lr * weight_decay and the step size alpha."""
+    beta1, beta2, eps_hat, decay, alpha = scalars.unbind()
+    for p, g, m, v in zip(params, grads, ms, vs):
+        m.lerp_(g, 1 - beta1)                                    # m <- beta1 m + (1 - beta1) g
+        v.mul_(beta2).add_((1 - beta2) * g * g)                  # v <- beta2 v + (1 - beta2) g^2
+        p.mul_(decay).sub_(alpha * m / (v.sqrt() + eps_hat))     # (eq-perf-adamw)
+
+
+@functools.cache
+def _compiled_adamw():
+    return torch.compile(adamw_elementwise, fullgraph=True)      # compiles at its first call
+
+
+class FusedAdamW(AdamW):
+    """AdamW with its update compiled by ``torch.compile`` into one loop per parameter tensor.
+
+    The same hyperparameters, state and results as :class:`~neuroforge_lit.optim.AdamW` (up to
+    rounding). The first step compiles, which takes seconds; a new list of parameter shapes
+    compiles again. Where compilation fails, it warns once and runs ``adamw_elementwise``
+    uncompiled.
+    """
+
+    compile_error: Exception | None = None
+
+    def update_all(self, params, grads):
+        beta1, beta2 = self.betas
+        c1, c2 = 1 - beta1 ** self.t, 1 - beta2 ** self.t        # the bias corrections
+        scalars = torch.tensor([beta1, beta2, self.eps * math.sqrt(c2), 1 - self.lr * self.weight_decay,
+                                self.lr * math.sqrt(c2) / c1], dtype=torch.float64, device=params[0].device)
+        ms, vs = [s["m"] for s in self.state], [s["v"] for s in self.state]
+        if self.compile_error is None:
+            try:
+                return _compiled_adamw()(params, grads, ms, vs, scalars)
+            except Exception as error:                           # raised before the graph runs
+                self.compile_error = error
+                warnings.warn(f"FusedAdamW could not compile its update ({type(error).__name__}: "
+                              f"{error}); running it uncompiled", RuntimeWarning, stacklevel=3)
+        adamw_elementwise(params, grads, ms, vs, scalars)

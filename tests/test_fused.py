@@ -1,16 +1,19 @@
-"""sgd_step_fused (book/09_performance.md): the update folded into the backward pass must give the
-parameters that backward + GradientDescent give, for every kind of layer it meets."""
+"""book/09_performance.md: sgd_step_fused (the update folded into the backward pass) must give the
+parameters that backward + GradientDescent give, for every kind of layer it meets; FusedAdamW must
+give AdamW's, compile once, and fall back where it cannot compile."""
 
 import copy
 
 import pytest
 import torch
 
+from neuroforge_lit import fused
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.fused import sgd_step_fused
+from neuroforge_lit.fused import FusedAdamW, sgd_step_fused
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.norm import normalized_mlp
+from neuroforge_lit.optim import AdamW
 from neuroforge_lit.training import GradientDescent
 
 
@@ -73,3 +76,55 @@ def test_fused_step_on_a_model_that_starts_with_dropout():
         Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(7)),
                    Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
                    Linear(16, 5, generator=g, dtype=torch.float64)), x, y)
+
+
+# --- FusedAdamW: AdamW compiled into one loop per tensor (its agreement with torch.optim.AdamW,
+# resume and NaN policy run with the other optimizers in test_optim.py) ---------------------------
+
+def _adamw_run(opt, steps=12, shapes=((9, 4), (4,)), seed=3):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    for step in range(steps):
+        opt.lr = 1e-2 if step < steps // 2 else 4e-3          # a schedule: new scalars every step
+        opt.step(params, [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes])
+    return params
+
+
+def test_fused_adamw_compiles_once_whatever_the_learning_rate():
+    _adamw_run(FusedAdamW(1e-2, weight_decay=0.1), steps=1)         # compiles for these shapes
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    opt = FusedAdamW(1e-2, weight_decay=0.1)
+    after = _adamw_run(opt, steps=12)
+    assert opt.compile_error is None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    for a, b in zip(after, _adamw_run(AdamW(1e-2, weight_decay=0.1), steps=12)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_fused_adamw_warns_once_and_runs_uncompiled_where_compiling_fails(monkeypatch):
+    def no_compiler():
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(fused, "_compiled_adamw", no_compiler)
+    opt = FusedAdamW(1e-2, weight_decay=0.1)
+    with pytest.warns(RuntimeWarning, match=r"could not compile its update \(RuntimeError: no C\+\+ compiler"):
+        params = _adamw_run(opt)
+    assert isinstance(opt.compile_error, RuntimeError)
+    for a, b in zip(params, _adamw_run(AdamW(1e-2, weight_decay=0.1))):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_fused_adamw_float32_matches_adamw():
+    g = torch.Generator().manual_seed(5)
+    shapes = [(30, 20), (20,), (20, 5), (5,)]
+    ours = [torch.randn(s, generator=g) for s in shapes]
+    plain = [p.clone() for p in ours]
+    fused_opt, plain_opt = FusedAdamW(3e-3), AdamW(3e-3)
+    for _ in range(20):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        fused_opt.step(ours, grads)
+        plain_opt.step(plain, grads)
+    assert fused_opt.compile_error is None
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

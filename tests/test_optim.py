@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+from neuroforge_lit.fused import FusedAdamW
 from neuroforge_lit.optim import SGD, Adam, AdamW
 
 
@@ -24,6 +25,8 @@ CASES = [
      dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
     (lambda: AdamW(1e-2), torch.optim.AdamW, dict(lr=1e-2)),
     (lambda: AdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
+     dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
+    (lambda: FusedAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,   # book/09
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
 ]
 
