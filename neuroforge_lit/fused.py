@@ -48,7 +48,7 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
         dout = dx
 
 
-# book/09_performance.md:294
+# book/09_performance.md:295
 def adamw_elementwise(params, grads, ms, vs, scalars: torch.Tensor) -> None:
     """One AdamW step (eq-perf-adamw) for every tensor of the lists, in place. ``scalars`` holds
     beta1, beta2, epsilon-hat, the decay factor 1 - lr * weight_decay and the step size alpha."""
