@@ -68,11 +68,12 @@ class FusedAdamW(AdamW):
     """AdamW with its update compiled by ``torch.compile`` into one loop per parameter tensor.
 
     The same hyperparameters, state and results as :class:`~neuroforge_lit.optim.AdamW` (up to
-    rounding). The first step compiles, which takes seconds; a new list of parameter shapes
-    compiles again. Where compilation fails, it warns once and runs ``adamw_elementwise``
-    uncompiled.
+    rounding), and the same state_dict: either loads the other's. The first step compiles, which
+    takes seconds; a new list of parameter shapes compiles again. Where the compiled update
+    fails, it warns once and runs ``adamw_elementwise`` uncompiled from then on.
     """
 
+    kind = "AdamW"                                               # state_dicts are interchangeable
     compile_error: Exception | None = None
 
     def update_all(self, params, grads):
@@ -84,8 +85,8 @@ class FusedAdamW(AdamW):
         if self.compile_error is None:
             try:
                 return _compiled_adamw()(params, grads, ms, vs, scalars)
-            except Exception as error:                           # raised before the graph runs
+            except Exception as error:                           # compiling failed: nothing written yet
                 self.compile_error = error
-                warnings.warn(f"FusedAdamW could not compile its update ({type(error).__name__}: "
-                              f"{error}); running it uncompiled", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"FusedAdamW's compiled update failed ({type(error).__name__}: {error}); "
+                              "running it uncompiled from now on", RuntimeWarning, stacklevel=3)
         adamw_elementwise(params, grads, ms, vs, scalars)

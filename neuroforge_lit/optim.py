@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:57
+# book/04_optimizers.md:61
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -34,6 +34,7 @@ class Optimizer:
         self.weight_decay = weight_decay
         self.t = 0                                 # steps taken
         self.state: list[dict[str, torch.Tensor]] = []
+        self.state_loaded = False                  # True from load_state_dict until the next step
 
     @property
     def lr(self) -> float:
@@ -55,6 +56,10 @@ class Optimizer:
         self._check(params, grads)
         if not self.state:
             self.state = [self.init_state(p) for p in params]
+        elif self.state_loaded:                    # onto the parameters' device and dtype
+            self.state = [{k: v.to(p.device, p.dtype) for k, v in s.items()}
+                          for p, s in zip(params, self.state)]
+        self.state_loaded = False
         self.t += 1
         if params:
             self.update_all(params, grads)
@@ -74,6 +79,15 @@ class Optimizer:
             if p.shape != g.shape:
                 raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
                                  f"shape {tuple(g.shape)}")
+            if (p.dtype, p.device) != (g.dtype, g.device):
+                raise TypeError(f"parameter {i} is {p.dtype} on {p.device} but its gradient is "
+                                f"{g.dtype} on {g.device}")
+        if self.state_loaded:                      # state from load_state_dict: does it fit?
+            for i, (p, s) in enumerate(zip(params, self.state)):
+                for name, value in s.items():
+                    if value.shape != p.shape:
+                        raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but the loaded "
+                                         f"state {name!r} has shape {tuple(value.shape)}")
         if params and not torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
             bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
             if bad:
@@ -84,20 +98,40 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay}
 
+    @property
+    def kind(self) -> str:
+        """The name that state_dict records and load_state_dict asks for."""
+        return type(self).__name__
+
     def state_dict(self) -> dict:
-        return {"type": type(self).__name__, "t": self.t, "hyperparameters": self.hyperparameters(),
+        return {"type": self.kind, "t": self.t, "hyperparameters": self.hyperparameters(),
                 "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
 
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise ValueError, naming the problem, if load_state_dict would refuse state_dict."""
+        if not isinstance(state_dict, dict) or state_dict.get("type") != self.kind:
+            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is for {found}, not {self.kind}")
+        missing = {"t", "hyperparameters", "state"} - set(state_dict)
+        if missing:
+            raise ValueError(f"state_dict lacks {', '.join(sorted(missing))}")
+        try:
+            type(self)(**state_dict["hyperparameters"])       # the constructor checks every range
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"state_dict has bad hyperparameters: {error}") from None
+
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("type") != type(self).__name__:
-            raise ValueError(f"state_dict is for {state_dict.get('type')}, not {type(self).__name__}")
+        """Restore a state_dict; nothing changes if it is refused. The next step checks that the
+        loaded state fits its parameters."""
+        self.check_state_dict(state_dict)
         for name, value in state_dict["hyperparameters"].items():
             setattr(self, name, value)
         self.t = state_dict["t"]
         self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
+        self.state_loaded = bool(self.state)
 
 
-# book/04_optimizers.md:163
+# book/04_optimizers.md:201
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -124,7 +158,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:237
+# book/04_optimizers.md:275
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -171,7 +205,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:300
+# book/04_optimizers.md:338
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

@@ -8,7 +8,7 @@ from neuroforge_lit.checkpoint import CheckpointError, load_checkpoint, save_che
 from neuroforge_lit.dropout import Dropout
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.norm import BatchNorm1d
-from neuroforge_lit.optim import AdamW
+from neuroforge_lit.optim import SGD, AdamW
 from neuroforge_lit.training import fit
 
 
@@ -111,3 +111,15 @@ def test_missing_file_and_mismatched_model(tmp_path):
         load_checkpoint(tmp_path / "m.pt", other)
     with pytest.raises(CheckpointError, match="holds no optimizer state"):
         load_checkpoint(tmp_path / "m.pt", model_and_optimizer()[0], AdamW())
+
+
+def test_optimizer_that_does_not_fit_changes_nothing(tmp_path):
+    """The optimizer's state_dict is checked with the rest, before the model is written."""
+    model, opt = model_and_optimizer()
+    train(model, opt, seed=0)
+    save_checkpoint(tmp_path / "m.pt", model, opt)
+    target = model_and_optimizer(seed=5)[0]
+    before = [p.clone() for p in target.parameters()]
+    with pytest.raises(CheckpointError, match="optimizer: state_dict is for AdamW, not SGD"):
+        load_checkpoint(tmp_path / "m.pt", target, SGD(0.1))
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))

@@ -104,9 +104,74 @@ def test_state_dict_is_a_copy(gen):
     assert sd["t"] == 1 and not torch.equal(sd["state"][0]["m"], opt.state[0]["m"])
 
 
-def test_load_state_dict_of_another_optimizer_is_refused(gen):
-    with pytest.raises(ValueError, match="state_dict is for SGD, not Adam"):
-        Adam().load_state_dict(SGD(0.1).state_dict())
+def _stepped(opt, gen, steps=3):
+    p = _params(gen)
+    for _ in range(steps):
+        opt.step(p, [torch.randn(q.shape, dtype=q.dtype, generator=gen) for q in p])
+    return p, opt
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda sd: SGD(0.1).state_dict(), "state_dict is for SGD, not Adam"),
+    (lambda sd: [sd], "state_dict is for list, not Adam"),
+    (lambda sd: {**sd, "hyperparameters": {**sd["hyperparameters"], "eps": -1.0}},
+     "bad hyperparameters: eps must be in"),
+    (lambda sd: {**sd, "hyperparameters": {**sd["hyperparameters"], "gamma": 2}},
+     "bad hyperparameters: .*unexpected keyword argument 'gamma'"),
+    (lambda sd: {k: v for k, v in sd.items() if k != "state"}, "state_dict lacks state"),
+])
+def test_refused_state_dict_changes_nothing(edit, match, gen):
+    _, source = _stepped(Adam(0.1), gen)
+    _, target = _stepped(Adam(0.02, betas=(0.8, 0.99)), gen, steps=2)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(edit(source.state_dict()))
+    after = target.state_dict()
+    assert after["t"] == 2 and after["hyperparameters"] == before["hyperparameters"]
+    assert all(torch.equal(a["m"], b["m"]) for a, b in zip(after["state"], before["state"]))
+
+
+def test_loaded_state_must_fit_the_parameters(gen):
+    _, source = _stepped(AdamW(0.1), gen)
+    other = [torch.zeros(5, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+             torch.zeros(2, 2, 2, dtype=torch.float64)]
+    opt = AdamW(0.1)
+    opt.load_state_dict(source.state_dict())
+    with pytest.raises(ValueError, match=r"parameter 1 has shape \(4,\) but the loaded state 'm' has shape \(3,\)"):
+        opt.step(other, [torch.ones_like(q) for q in other])
+    assert opt.t == 3 and all(not q.any() for q in other)
+
+
+def test_loaded_state_moves_to_the_parameters_dtype(gen):
+    """As in torch.optim: state saved from float64 parameters continues on float32 ones."""
+    p, source = _stepped(Adam(0.1), gen)
+    p32 = [q.float() for q in p]
+    opt = Adam(0.1)
+    opt.load_state_dict(source.state_dict())
+    opt.step(p32, [torch.ones_like(q) for q in p32])
+    assert all(v.dtype == torch.float32 for s in opt.state for v in s.values())
+    assert not opt.state_loaded
+
+
+@pytest.mark.parametrize("save,load", [(AdamW, FusedAdamW), (FusedAdamW, AdamW)])
+def test_fused_and_plain_adamw_load_each_others_state(save, load, gen):
+    """FusedAdamW (book/09) is AdamW's update compiled: the state_dicts are the same format, and a
+    run resumed by the other class stays on the same path (up to rounding)."""
+    start = _params(gen)
+    grads = [[torch.randn(q.shape, dtype=q.dtype, generator=gen) for q in start] for _ in range(8)]
+    a, opt_a = [q.clone() for q in start], save(1e-2, weight_decay=0.1)
+    for g in grads:
+        opt_a.step(a, g)
+    b, opt_b = [q.clone() for q in start], save(1e-2, weight_decay=0.1)
+    for g in grads[:4]:
+        opt_b.step(b, g)
+    resumed = load()
+    resumed.load_state_dict(opt_b.state_dict())
+    assert resumed.state_dict()["type"] == "AdamW" and resumed.weight_decay == 0.1
+    for g in grads[4:]:
+        resumed.step(b, g)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -137,6 +202,9 @@ def test_params_and_grads_must_match():
         opt.step(p, [torch.zeros(3)])
     with pytest.raises(ValueError, match=r"parameter 1 has shape \(2, 2\) but its gradient has shape \(4,\)"):
         opt.step(p, [torch.zeros(3), torch.zeros(4)])
+    with pytest.raises(TypeError, match="parameter 1 is torch.float32 on cpu but its gradient is torch.float64 on cpu"):
+        opt.step(p, [torch.zeros(3), torch.zeros(2, 2, dtype=torch.float64)])
+    assert opt.t == 0 and not opt.state
     opt.step(p, [torch.zeros(3), torch.zeros(2, 2)])
     with pytest.raises(ValueError, match="holds state for 2 parameters, got 1"):
         opt.step(p[:1], [torch.zeros(3)])
