@@ -35,6 +35,10 @@ class GradientDescent:
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         if len(params) != len(grads):
             raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        for i, (p, g) in enumerate(zip(params, grads)):   # all checked before any is changed:
+            if p.shape != g.shape:                         # sub_ would broadcast a wrong shape
+                raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
+                                 f"shape {tuple(g.shape)}")
         for p, g in zip(params, grads):
             p.sub_(g, alpha=self.lr)                 # (eq-mlp-gd)
 

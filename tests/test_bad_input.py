@@ -59,6 +59,8 @@ MATRIX = [
     ("step count mismatch", lambda: optim.Adam().step([Z(2)], []), ValueError, "1 parameters but 0 gradients"),
     ("step shape mismatch", lambda: optim.SGD(0.1).step([Z(2)], [Z(3)]), ValueError, r"parameter 0 has shape \(2,\)"),
     ("gradient descent lr", lambda: training.GradientDescent(-0.1), ValueError, "got -0.1"),
+    ("gradient descent shape", lambda: training.GradientDescent(0.1).step([Z(2), Z(3, 2)], [Z(2), Z(2)]), ValueError,
+     r"parameter 1 has shape \(3, 2\) but its gradient has shape \(2,\)"),
     # training loop
     ("fit lengths", lambda: training.fit(layers.mlp([2, 2]), training.GradientDescent(0.1), Z(4, 2), Z(3, **I64),
                                          epochs=1, batch_size=2, log=None), ValueError, r"4 examples.*\[3\]"),

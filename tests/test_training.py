@@ -61,3 +61,12 @@ def test_bad_arguments(gen):
         GradientDescent(-1)
     with pytest.raises(ValueError, match="2 parameters but 1 gradients"):
         GradientDescent(0.1).step([torch.zeros(1), torch.zeros(1)], [torch.zeros(1)])
+
+
+def test_gradient_descent_checks_every_shape_before_changing_anything():
+    """A (3,) gradient would broadcast into a (2, 3) parameter; it is refused, and parameter 0,
+    listed first, keeps its value."""
+    params = [torch.ones(4), torch.ones(2, 3)]
+    with pytest.raises(ValueError, match=r"parameter 1 has shape \(2, 3\) but its gradient has shape \(3,\)"):
+        GradientDescent(0.5).step(params, [torch.ones(4), torch.ones(3)])
+    assert torch.equal(params[0], torch.ones(4)) and torch.equal(params[1], torch.ones(2, 3))
