@@ -70,18 +70,6 @@ def save_checkpoint(path: str | Path, model, optimizer=None, extra: dict | None 
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _optimizer_state_problems(opt_state: list[dict], params: list) -> list[str]:
-    """The optimizer's per-parameter state, in model.parameters() order, must match the shapes."""
-    if not opt_state:
-        return []
-    if len(opt_state) != len(params):
-        return [f"optimizer: state for {len(opt_state)} parameters, the model has {len(params)}"]
-    return [f"optimizer: state {name!r} of parameter {i} has shape {tuple(value.shape)}, "
-            f"the parameter {tuple(p.shape)}"
-            for i, (s, p) in enumerate(zip(opt_state, params)) for name, value in s.items()
-            if value.shape != p.shape]
-
-
 def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
     """Restore `model` (and `optimizer`) in place from `path`; returns the checkpoint's `extra`.
 
@@ -114,12 +102,10 @@ def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
     if optimizer is not None and state["optimizer"] is None:
         problems.append("the checkpoint holds no optimizer state")
     elif optimizer is not None:
-        try:
+        try:                                  # its state's shapes are checked at the next step
             optimizer.check_state_dict(state["optimizer"])
         except ValueError as error:
             problems.append(f"optimizer: {error}")
-        else:
-            problems += _optimizer_state_problems(state["optimizer"]["state"], list(params.values()))
     if problems:
         raise CheckpointError(f"{path} does not fit this model:\n  " + "\n  ".join(problems))
     with torch.no_grad():
