@@ -9,6 +9,7 @@ its equations, in the chapter(s) below; the comment above each block gives its c
 
 import math
 import torch
+from neuroforge_lit.training import check_gradients
 
 __all__ = [
     "Optimizer",
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:61
+# book/04_optimizers.md:63
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -56,10 +57,8 @@ class Optimizer:
         self._check(params, grads)
         if not self.state:
             self.state = [self.init_state(p) for p in params]
-        elif self.state_loaded:                    # onto the parameters' device and dtype
-            self.state = [{k: v.to(p.device, p.dtype) for k, v in s.items()}
-                          for p, s in zip(params, self.state)]
-        self.state_loaded = False
+        elif self.state_loaded:
+            self.state = self._fit_loaded_state(params)
         self.t += 1
         if params:
             self.update_all(params, grads)
@@ -70,30 +69,27 @@ class Optimizer:
             self.update(p, g, state)
 
     def _check(self, params, grads) -> None:
-        if len(params) != len(grads):
-            raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        check_gradients(params, grads)             # number, shapes, dtypes, devices (chapter 02)
         if self.state and len(self.state) != len(params):
             raise ValueError(f"this optimizer holds state for {len(self.state)} parameters, "
                              f"got {len(params)}")
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if p.shape != g.shape:
-                raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
-                                 f"shape {tuple(g.shape)}")
-            if (p.dtype, p.device) != (g.dtype, g.device):
-                raise TypeError(f"parameter {i} is {p.dtype} on {p.device} but its gradient is "
-                                f"{g.dtype} on {g.device}")
-        if self.state_loaded:                      # state from load_state_dict: does it fit?
-            for i, (p, s) in enumerate(zip(params, self.state)):
-                for name, value in s.items():
-                    if value.shape != p.shape:
-                        raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but the loaded "
-                                         f"state {name!r} has shape {tuple(value.shape)}")
         if params and not torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
             bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
             if bad:
                 raise FloatingPointError(
                     f"the gradient of parameter {bad[0]} (shape {tuple(grads[bad[0]].shape)}) "
                     "contains NaN or inf; the step was not taken and the optimizer is unchanged")
+
+    def _fit_loaded_state(self, params):
+        """The state of load_state_dict, checked against the parameters' shapes (nothing has changed
+        yet) and moved to their device and dtype."""
+        for i, (p, s) in enumerate(zip(params, self.state)):
+            for name, value in s.items():
+                if value.shape != p.shape:
+                    raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but the loaded "
+                                     f"state {name!r} has shape {tuple(value.shape)}")
+        self.state_loaded = False
+        return [{k: v.to(p.device, p.dtype) for k, v in s.items()} for p, s in zip(params, self.state)]
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay}
@@ -131,7 +127,7 @@ class Optimizer:
         self.state_loaded = bool(self.state)
 
 
-# book/04_optimizers.md:201
+# book/04_optimizers.md:198
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -158,7 +154,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:275
+# book/04_optimizers.md:272
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -205,7 +201,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:338
+# book/04_optimizers.md:335
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
 
 __all__ = [
+    "check_gradients",
     "GradientDescent",
     "cosine_lr",
     "evaluate",
@@ -24,6 +25,21 @@ __all__ = [
 
 
 # book/02_mlp.md:565
+def check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Raise, naming the parameter, unless each gradient matches its parameter in shape, dtype and
+    device. Optimizers call it before changing anything: an in-place update would broadcast a
+    wrongly shaped gradient, or fail halfway through the list."""
+    if len(params) != len(grads):
+        raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if p.shape != g.shape:
+            raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
+                             f"shape {tuple(g.shape)}")
+        if (p.dtype, p.device) != (g.dtype, g.device):
+            raise TypeError(f"parameter {i} is {p.dtype} on {p.device} but its gradient is "
+                            f"{g.dtype} on {g.device}")
+
+
 class GradientDescent:
     """Plain gradient descent, theta <- theta - lr * grad, in place on every parameter."""
 
@@ -33,12 +49,7 @@ class GradientDescent:
         self.lr = lr
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        if len(params) != len(grads):
-            raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
-        for i, (p, g) in enumerate(zip(params, grads)):   # all checked before any is changed:
-            if p.shape != g.shape:                         # sub_ would broadcast a wrong shape
-                raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
-                                 f"shape {tuple(g.shape)}")
+        check_gradients(params, grads)
         for p, g in zip(params, grads):
             p.sub_(g, alpha=self.lr)                 # (eq-mlp-gd)
 

@@ -52,24 +52,32 @@ def test_matches_torch_optim_for_120_steps(make, cls, kwargs, gen):
     assert ours.t == 120
 
 
-@pytest.mark.parametrize("make", [c[0] for c in CASES])
-def test_resume_from_state_dict_is_bit_identical(make, gen):
+def _interrupted(make, resume_with, gen, steps=30, stop=13):
+    """Parameters after `steps` steps of make(), and after `stop` steps of make(), a save through
+    torch.save / torch.load(weights_only=True), and the remaining steps with resume_with() loaded
+    from it; and that resumed optimizer."""
     start = _params(gen)
-    grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in start] for _ in range(30)]
+    grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in start] for _ in range(steps)]
     a, opt_a = [p.clone() for p in start], make()
     for g in grads:
         opt_a.step(a, g)
     b, opt_b = [p.clone() for p in start], make()
-    for g in grads[:13]:
+    for g in grads[:stop]:
         opt_b.step(b, g)
     buf = io.BytesIO()
     torch.save({"params": b, "opt": opt_b.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
-    c, opt_c = [p.clone() for p in saved["params"]], make()
+    c, opt_c = [p.clone() for p in saved["params"]], resume_with()
     opt_c.load_state_dict(saved["opt"])
-    for g in grads[13:]:
+    for g in grads[stop:]:
         opt_c.step(c, g)
+    return a, c, opt_c
+
+
+@pytest.mark.parametrize("make", [c[0] for c in CASES])
+def test_resume_from_state_dict_is_bit_identical(make, gen):
+    a, c, _ = _interrupted(make, make, gen)
     assert all(torch.equal(x, y) for x, y in zip(a, c))
 
 
@@ -157,20 +165,9 @@ def test_loaded_state_moves_to_the_parameters_dtype(gen):
 def test_fused_and_plain_adamw_load_each_others_state(save, load, gen):
     """FusedAdamW (book/09) is AdamW's update compiled: the state_dicts are the same format, and a
     run resumed by the other class stays on the same path (up to rounding)."""
-    start = _params(gen)
-    grads = [[torch.randn(q.shape, dtype=q.dtype, generator=gen) for q in start] for _ in range(8)]
-    a, opt_a = [q.clone() for q in start], save(1e-2, weight_decay=0.1)
-    for g in grads:
-        opt_a.step(a, g)
-    b, opt_b = [q.clone() for q in start], save(1e-2, weight_decay=0.1)
-    for g in grads[:4]:
-        opt_b.step(b, g)
-    resumed = load()
-    resumed.load_state_dict(opt_b.state_dict())
+    a, c, resumed = _interrupted(lambda: save(1e-2, weight_decay=0.1), load, gen)
     assert resumed.state_dict()["type"] == "AdamW" and resumed.weight_decay == 0.1
-    for g in grads[4:]:
-        resumed.step(b, g)
-    for x, y in zip(a, b):
+    for x, y in zip(a, c):
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
 
 
