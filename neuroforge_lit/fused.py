@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-# book/09_performance.md:200
+# book/09_performance.md:203
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
@@ -48,15 +48,21 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
         dout = dx
 
 
-# book/09_performance.md:295
-def adamw_elementwise(params, grads, ms, vs, scalars: torch.Tensor) -> None:
-    """One AdamW step (eq-perf-adamw) for every tensor of the lists, in place. ``scalars`` holds
-    beta1, beta2, epsilon-hat, the decay factor 1 - lr * weight_decay and the step size alpha."""
+# book/09_performance.md:309
+def adamw_elementwise(params, grads, ms, vs, scalars: torch.Tensor) -> torch.Tensor:
+    """One AdamW step (eq-perf-adamw) for every tensor of the lists, in place, if every gradient
+    is finite; returns whether they were (a 0-dim bool tensor). Otherwise every tensor keeps its
+    values. ``scalars`` holds beta1, beta2, epsilon-hat, the decay factor 1 - lr * weight_decay
+    and the step size alpha."""
+    finite = torch.stack([g.isfinite().all() for g in grads]).all()
     beta1, beta2, eps_hat, decay, alpha = scalars.unbind()
     for p, g, m, v in zip(params, grads, ms, vs):
-        m.lerp_(g, 1 - beta1)                                    # m <- beta1 m + (1 - beta1) g
-        v.mul_(beta2).add_((1 - beta2) * g * g)                  # v <- beta2 v + (1 - beta2) g^2
-        p.mul_(decay).sub_(alpha * m / (v.sqrt() + eps_hat))     # (eq-perf-adamw)
+        m_new = m.lerp(g, 1 - beta1)                             # m <- beta1 m + (1 - beta1) g
+        v_new = beta2 * v + (1 - beta2) * g * g                  # v <- beta2 v + (1 - beta2) g^2
+        p_new = decay * p - alpha * m_new / (v_new.sqrt() + eps_hat)   # (eq-perf-adamw)
+        for old, new in ((m, m_new), (v, v_new), (p, p_new)):
+            old.copy_(torch.where(finite, new, old))             # a refused step writes the old values
+    return finite
 
 
 @functools.cache
@@ -67,26 +73,43 @@ def _compiled_adamw():
 class FusedAdamW(AdamW):
     """AdamW with its update compiled by ``torch.compile`` into one loop per parameter tensor.
 
-    The same hyperparameters, state and results as :class:`~neuroforge_lit.optim.AdamW` (up to
-    rounding), and the same state_dict: either loads the other's. The first step compiles, which
-    takes seconds; a new list of parameter shapes compiles again. Where the compiled update
-    fails, it warns once and runs ``adamw_elementwise`` uncompiled from then on.
+    The same hyperparameters, state, results (up to rounding) and refusal of a non-finite
+    gradient as :class:`~neuroforge_lit.optim.AdamW`, and the same state_dict: either loads the
+    other's. The first step compiles, which takes seconds; a new list of parameter shapes
+    compiles again. Where the compiled update fails, it warns once and runs
+    ``adamw_elementwise`` uncompiled from then on.
     """
 
     kind = "AdamW"                                               # state_dicts are interchangeable
     compile_error: Exception | None = None
 
+    def step(self, params, grads):
+        t, state, loaded = self.t, self.state, self.state_loaded
+        try:
+            super().step(params, grads)
+        except FloatingPointError:                               # refused by update_all: undo the
+            self.t, self.state, self.state_loaded = t, state, loaded   # counter and any new state
+            raise
+
+    def check_finite(self, grads):
+        """Nothing here: the compiled update checks the gradients in its own pass."""
+
     def update_all(self, params, grads):
         beta1, beta2 = self.betas
         c1, c2 = 1 - beta1 ** self.t, 1 - beta2 ** self.t        # the bias corrections
+        precision = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
         scalars = torch.tensor([beta1, beta2, self.eps * math.sqrt(c2), 1 - self.lr * self.weight_decay,
-                                self.lr * math.sqrt(c2) / c1], dtype=torch.float64, device=params[0].device)
+                                self.lr * math.sqrt(c2) / c1], dtype=precision, device=params[0].device)
         ms, vs = [s["m"] for s in self.state], [s["v"] for s in self.state]
+        finite = None
         if self.compile_error is None:
             try:
-                return _compiled_adamw()(params, grads, ms, vs, scalars)
+                finite = _compiled_adamw()(params, grads, ms, vs, scalars)
             except Exception as error:                           # compiling failed: nothing written yet
                 self.compile_error = error
                 warnings.warn(f"FusedAdamW's compiled update failed ({type(error).__name__}: {error}); "
                               "running it uncompiled from now on", RuntimeWarning, stacklevel=3)
-        adamw_elementwise(params, grads, ms, vs, scalars)
+        if finite is None:
+            finite = adamw_elementwise(params, grads, ms, vs, scalars)
+        if not finite:
+            super().check_finite(grads)                          # raises, naming the first bad gradient

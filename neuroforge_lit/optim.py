@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-# book/04_optimizers.md:63
+# book/04_optimizers.md:64
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -73,12 +73,17 @@ class Optimizer:
         if self.state and len(self.state) != len(params):
             raise ValueError(f"this optimizer holds state for {len(self.state)} parameters, "
                              f"got {len(params)}")
-        if params and not torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
-            bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
-            if bad:
-                raise FloatingPointError(
-                    f"the gradient of parameter {bad[0]} (shape {tuple(grads[bad[0]].shape)}) "
-                    "contains NaN or inf; the step was not taken and the optimizer is unchanged")
+        self.check_finite(grads)
+
+    def check_finite(self, grads) -> None:
+        """Raise FloatingPointError, naming the first gradient that holds a NaN or an inf."""
+        if grads and torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
+            return                                 # the common case: one sum per tensor
+        bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
+        if bad:                                    # (a sum can overflow where no element is inf)
+            raise FloatingPointError(
+                f"the gradient of parameter {bad[0]} (shape {tuple(grads[bad[0]].shape)}) "
+                "contains NaN or inf; the step was not taken and the optimizer is unchanged")
 
     def _fit_loaded_state(self, params):
         """The state of load_state_dict, checked against the parameters' shapes (nothing has changed
@@ -127,7 +132,7 @@ class Optimizer:
         self.state_loaded = bool(self.state)
 
 
-# book/04_optimizers.md:198
+# book/04_optimizers.md:204
 class SGD(Optimizer):
     """Gradient descent with optional L2 weight decay, momentum and Nesterov momentum (as torch.optim.SGD)."""
 
@@ -154,7 +159,7 @@ class SGD(Optimizer):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-# book/04_optimizers.md:272
+# book/04_optimizers.md:278
 class Adam(Optimizer):
     """Adam with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
 
@@ -201,7 +206,7 @@ class Adam(Optimizer):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps}
 
 
-# book/04_optimizers.md:335
+# book/04_optimizers.md:341
 class AdamW(Adam):
     """Adam with decoupled weight decay (as torch.optim.AdamW; default weight_decay 1e-2)."""
 

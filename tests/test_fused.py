@@ -113,6 +113,13 @@ def test_fused_adamw_warns_once_and_runs_uncompiled_where_compiling_fails(monkey
     assert isinstance(opt.compile_error, RuntimeError)
     for a, b in zip(params, _adamw_run(AdamW(1e-2, weight_decay=0.1))):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    before, state = [p.clone() for p in params], opt.state_dict()        # uncompiled, a NaN is
+    grads = [torch.zeros_like(p) for p in params]                         # refused all the same
+    grads[1][2] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"parameter 1 \(shape \(4,\)\)"):
+        opt.step(params, grads)
+    assert all(torch.equal(a, b) for a, b in zip(params, before)) and opt.t == state["t"]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(opt.state_dict()["state"], state["state"]) for k in a)
 
 
 def test_fused_adamw_float32_matches_adamw():

@@ -223,3 +223,18 @@ def test_non_finite_gradient_raises_and_changes_nothing(make, bad, gen):
     assert after["t"] == before_state["t"]
     for s_a, s_b in zip(after["state"], before_state["state"]):
         assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
+
+
+@pytest.mark.parametrize("make", [c[0] for c in CASES])
+def test_non_finite_first_gradient_leaves_no_state(make, gen):
+    """Refused before any step: no state is created, so the optimizer is as new (FusedAdamW
+    finds the NaN inside its update, after the state was made, and must undo it)."""
+    p = _params(gen)
+    before = [q.clone() for q in p]
+    opt = make()
+    grads = [torch.ones_like(q) for q in p]
+    grads[0].view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="parameter 0"):
+        opt.step(p, grads)
+    assert opt.t == 0 and opt.state == [] and opt.state_dict() == make().state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(p, before))
