@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-# book/09_performance.md:203
+# book/09_performance.md:201
 def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     """Backward pass and one plain gradient-descent step in a single sweep over a Sequential model.
 
@@ -48,7 +48,7 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
         dout = dx
 
 
-# book/09_performance.md:309
+# book/09_performance.md:307
 def adamw_elementwise(params, grads, ms, vs, scalars: torch.Tensor) -> torch.Tensor:
     """One AdamW step (eq-perf-adamw) for every tensor of the lists, in place, if every gradient
     is finite; returns whether they were (a 0-dim bool tensor). Otherwise every tensor keeps its
