@@ -79,7 +79,7 @@ def test_fused_step_on_a_model_that_starts_with_dropout():
 
 
 # --- FusedAdamW: AdamW compiled into one loop per tensor (its agreement with torch.optim.AdamW,
-# resume and NaN policy run with the other optimizers in test_optim.py) ---------------------------
+# resume and NaN policy, compiled and not, run with the other optimizers in test_optim.py) ---
 
 def _adamw_run(opt, steps=12, shapes=((9, 4), (4,)), seed=3):
     g = torch.Generator().manual_seed(seed)
@@ -113,13 +113,6 @@ def test_fused_adamw_warns_once_and_runs_uncompiled_where_compiling_fails(monkey
     assert isinstance(opt.compile_error, RuntimeError)
     for a, b in zip(params, _adamw_run(AdamW(1e-2, weight_decay=0.1))):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
-    before, state = [p.clone() for p in params], opt.state_dict()        # uncompiled, a NaN is
-    grads = [torch.zeros_like(p) for p in params]                         # refused all the same
-    grads[1][2] = float("inf")
-    with pytest.raises(FloatingPointError, match=r"parameter 1 \(shape \(4,\)\)"):
-        opt.step(params, grads)
-    assert all(torch.equal(a, b) for a, b in zip(params, before)) and opt.t == state["t"]
-    assert all(torch.equal(a[k], b[k]) for a, b in zip(opt.state_dict()["state"], state["state"]) for k in a)
 
 
 def test_fused_adamw_float32_matches_adamw():

@@ -13,6 +13,13 @@ def _params(gen):
     return [torch.randn(s, dtype=torch.float64, generator=gen) for s in [(5, 3), (3,), (2, 2, 2)]]
 
 
+def _uncompiled_fused_adamw(*args, **kwargs):
+    """FusedAdamW as it runs where torch.compile fails: adamw_elementwise one operation at a time."""
+    opt = FusedAdamW(*args, **kwargs)
+    opt.compile_error = RuntimeError("left uncompiled for this test")
+    return opt
+
+
 CASES = [
     (lambda: SGD(0.05), torch.optim.SGD, dict(lr=0.05)),
     (lambda: SGD(0.05, weight_decay=0.02), torch.optim.SGD, dict(lr=0.05, weight_decay=0.02)),
@@ -27,6 +34,8 @@ CASES = [
     (lambda: AdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
     (lambda: FusedAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,   # book/09
+     dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
+    (lambda: _uncompiled_fused_adamw(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
 ]
 
