@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The book's tooling (tangler, chapter runner) lives in tools/booktools, outside the package.
+BOOKTOOLS := PYTHONPATH=tools $(BIN)/python -m booktools
 
 # The data: $NEUROFORGE_DATA_DIR if set; else ../shared/data beside the checkout, if there;
 # else the loader's cache folder (and a download through torchvision on a connected machine).
@@ -25,16 +27,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 tangle: setup                    ## book -> neuroforge_lit/ (the generated modules)
-	$(BIN)/neuroforge-lit tangle
+	$(BOOKTOOLS) tangle
 
 check: setup                     ## fail if the committed package differs from the book
-	$(BIN)/neuroforge-lit tangle --check
+	$(BOOKTOOLS) tangle --check
 
 lint: setup
 	$(BIN)/ruff check neuroforge_lit tests benchmarks tools book/_ext
 
-test: check lint                 ## the tangle check, lint, then the test suite
-	$(BIN)/python -m pytest
+test: check lint                 ## the tangle check, lint, the test suite, and that it ran every export
+	$(BIN)/python -m coverage run -m pytest
+	$(BIN)/python tools/untested_exports.py
 
 book: tangle                     ## tangle, then execute every chapter and build _build/html
 	$(BIN)/jupyter-book build . --keep-going -W
@@ -44,7 +47,7 @@ browser-test: setup               ## check the built HTML in headless Chromium (
 
 chapter: tangle                  ## execute one chapter alone: make chapter CH=03
 	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }
-	$(BIN)/neuroforge-lit chapter $(CH)
+	$(BOOKTOOLS) chapter $(CH)
 
 bench: setup                     ## print and save the benchmark figures (benchmarks/results/)
 	$(BIN)/python benchmarks/step_time.py

@@ -89,8 +89,7 @@ def main() -> None:
         edit_s, edit_executed = make_book()
     finally:
         path.write_text(original, encoding="utf-8")
-        subprocess.run([str(ROOT / ".venv" / "bin" / "neuroforge-lit"), "tangle"], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(["make", "tangle"], cwd=ROOT, check=True, capture_output=True)
 
     print(f"{'chapter':<36}{'execution (s)':>14}{'kernel peak (MiB)':>19}")
     for chapter, secs in sorted(per_chapter.items()):

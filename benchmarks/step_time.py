@@ -1,19 +1,28 @@
-"""Training-step time: the package's hand-written forward + backward + update against the same
-model written the way a PyTorch user would (torch.nn + autograd + torch.optim, fused/foreach
-optimizers where available). Prints a table and writes benchmarks/results/step_time.json.
+"""Training-step time of every chapter's model, four ways, on the same random batch:
 
-    python benchmarks/step_time.py                  # all models, batches 32 128 512, CPU
+* reference: the package as the chapters write it (the layers' and optimizers' defaults);
+* fast: the performance appendix's opt-in variants (neuroforge_lit.fast: speed_up, the fast loss,
+  sgd_step_fused for plain gradient descent, FusedAdamW for AdamW);
+* eager: the same model written the way a PyTorch user would (torch.nn + autograd + torch.optim,
+  with its fused or multi-tensor optimizer where one exists);
+* compiled: that model with torch.compile (the optimizer stays torch.optim's).
+
+Prints a table of ratios and writes benchmarks/results/step_time_<device>.json.
+
+    python benchmarks/step_time.py                       # every model, batches 32 128 512, CPU
     python benchmarks/step_time.py --models mlp --batches 128 --device cuda
+    python benchmarks/step_time.py --no-compiled         # skip torch.compile (saves its compile time)
 
-The two implementations run interleaved in one process (warm-up first, then rounds of one block of
-steps each, in alternating order), and the ratio is the median of the rounds' ratios, so machine
-noise hits both alike. Timings on shared machines vary from run to run: compare the *ratio*
-measured within one run.
+All contestants of a row run interleaved in one process: after a warm-up, each round times a block
+of steps of each, in an order that rotates from round to round, and a ratio is the median of the
+rounds' own ratios, so machine noise hits all of them alike. Timings on shared machines vary from
+run to run: compare ratios measured within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -25,47 +34,41 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.fused import FusedAdamW, sgd_step_fused
+from neuroforge_lit.fast import FusedAdamW, ForeachAdamW, sgd_step_fused, softmax_cross_entropy_fast, speed_up
 from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
-from neuroforge_lit.optim import AdamW
-from neuroforge_lit.losses import softmax_cross_entropy
-from neuroforge_lit.training import GradientDescent
+from neuroforge_lit.optim import AdamW, GradientDescent
 
 RESULTS = Path(__file__).parent / "results"
+SIDES = ("reference", "fast", "eager", "compiled")
 
 
-# --- one model = a pair of step functions over the same random batch ---------------------------
+# --- steps: each returns a callable that runs one training step ---------------------------------
 
-def mlp_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05, norm=None, fused=False):
-    """fused=True times sgd_step_fused (the update folded into the backward pass) instead of
-    backward followed by GradientDescent.step; the autograd side is the same either way."""
+def _batch(batch, device, d_in=784, classes=10):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, sizes[0], generator=g).to(device)
-    y = torch.randint(0, sizes[-1], (batch,), generator=g).to(device)
+    return (torch.rand(batch, d_in, generator=g).to(device),
+            torch.randint(0, classes, (batch,), generator=g).to(device))
 
-    ours = normalized_mlp(list(sizes), norm, generator=g, device=device)
-    opt = GradientDescent(lr)
 
-    def fused_step():
-        sgd_step_fused(ours, softmax_cross_entropy(ours.forward(x), y)[1], lr)
+def _hand_step(model, optimizer, x, y, loss_fn=softmax_cross_entropy):
+    """One step of the package's way: forward, fused loss gradient, backward, update."""
+    def step():
+        _, dlogits = loss_fn(model.forward(x), y)
+        model.backward(dlogits, input_grad=False)
+        optimizer.step(model.parameters(), model.gradients())
+    return step
 
-    hand_step = fused_step if fused else _hand_step(ours, opt, x, y)
 
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(b))
-            elif norm == "layer":
-                layers.append(nn.LayerNorm(b))
-            layers.append(nn.ReLU())
-    ref = nn.Sequential(*layers).to(device)
-    ref_opt = _best_sgd(ref.parameters(), lr)
-
-    return hand_step, _autograd_step(ref, ref_opt, x, y)
+def _autograd_step(model, optimizer, x, y, loss=lambda out, y: F.cross_entropy(out, y)):
+    """One step the PyTorch way: zero the gradients, forward, autograd backward, update."""
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(x), y).backward()
+        optimizer.step()
+    return step
 
 
 def _best(cls, params, **hyper):
@@ -79,65 +82,68 @@ def _best(cls, params, **hyper):
     raise RuntimeError(f"no {cls.__name__} variant available")
 
 
-def _best_sgd(params, lr):
-    return _best(torch.optim.SGD, params, lr=lr)
+def _torch_sides(module, make_optimizer, x, y, compiled: bool, loss=lambda out, y: F.cross_entropy(out, y)):
+    """The eager step on `module`, and (if asked) the compiled step on a copy of it."""
+    sides = {"eager": _autograd_step(module, make_optimizer(module.parameters()), x, y, loss)}
+    if compiled:
+        twin = copy.deepcopy(module)
+        sides["compiled"] = _autograd_step(torch.compile(twin), make_optimizer(twin.parameters()), x, y, loss)
+    return sides
 
 
-def _hand_step(model, opt, x, y):
-    """One step of the package's way: forward, fused loss gradient, backward, update."""
-    def step():
-        loss, dlogits = softmax_cross_entropy(model.forward(x), y)
-        model.backward(dlogits, input_grad=False)
-        opt.step(model.parameters(), model.gradients())
-    return step
+def mlp_steps(batch, device, compiled=True, sizes=(784, 512, 128, 10), lr=0.05, norm=None):
+    """The MLP chapters' model (with batch or layer norm, chapter 3), trained by gradient descent.
+    Fast: speed_up + the fast loss + sgd_step_fused (the update folded into the backward pass)."""
+    x, y = _batch(batch, device, sizes[0], sizes[-1])
+    reference = normalized_mlp(list(sizes), norm, generator=torch.Generator().manual_seed(0), device=device)
+    fast = speed_up(copy.deepcopy(reference))
+
+    def fast_step():
+        sgd_step_fused(fast, softmax_cross_entropy_fast(fast.forward(x), y)[1], lr)
+
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += {"batch": [nn.BatchNorm1d(b)], "layer": [nn.LayerNorm(b)], None: []}[norm]
+            layers.append(nn.ReLU())
+    torch_model = nn.Sequential(*layers).to(device)
+    return {"reference": _hand_step(reference, GradientDescent(lr), x, y), "fast": fast_step,
+            **_torch_sides(torch_model, lambda ps: _best(torch.optim.SGD, ps, lr=lr), x, y, compiled)}
 
 
-def _autograd_step(model, optimizer, x, y):
-    """One step the PyTorch way: zero the gradients, forward, autograd backward, update."""
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return step
-
-
-def _batch(batch, device, d_in=784, classes=10):
-    g = torch.Generator().manual_seed(0)
-    return (torch.rand(batch, d_in, generator=g).to(device),
-            torch.randint(0, classes, (batch,), generator=g).to(device))
-
-
-def dropout_pair(batch: int, device: str, sizes=(784, 576, 512, 128, 10), lr=2e-3):
-    """The dropout chapter's model (dropout 0.2 on inputs, 0.5 on hidden units) with AdamW."""
+def dropout_steps(batch, device, compiled=True, sizes=(784, 576, 512, 128, 10), lr=2e-3):
+    """The dropout chapter's scaled model (dropout 0.2 on the pixels, 0.5 on hidden units), AdamW."""
     x, y = _batch(batch, device)
     g, drops = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(1)
-    layers, ref_layers = [Dropout(0.2, generator=drops)], [nn.Dropout(0.2)]
+    layers, torch_layers = [Dropout(0.2, generator=drops)], [nn.Dropout(0.2)]
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(Linear(a, b, generator=g, device=device))
-        ref_layers.append(nn.Linear(a, b))
+        torch_layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers += [ReLU(), Dropout(0.5, generator=drops)]
-            ref_layers += [nn.ReLU(), nn.Dropout(0.5)]
-    ours, opt = Sequential(*layers), FusedAdamW(lr)
-    ref = nn.Sequential(*ref_layers).to(device)
-    ref_opt = _best(torch.optim.AdamW, ref.parameters(), lr=lr)
-
-    hand_step = _hand_step(ours, opt, x, y)
-
-    return hand_step, _autograd_step(ref, ref_opt, x, y)
+            torch_layers += [nn.ReLU(), nn.Dropout(0.5)]
+    reference = Sequential(*layers)
+    fast = speed_up(copy.deepcopy(reference))
+    torch_model = nn.Sequential(*torch_layers).to(device)
+    return {"reference": _hand_step(reference, AdamW(lr), x, y),
+            "fast": _hand_step(fast, FusedAdamW(lr), x, y, softmax_cross_entropy_fast),
+            **_torch_sides(torch_model, lambda ps: _best(torch.optim.AdamW, ps, lr=lr), x, y, compiled)}
 
 
 class TorchMoE(nn.Module):
-    """The MoE chapter's layer as a PyTorch user would write it: same noisy top-k routing, sparse
-    dispatch with index_add, the two CV^2 losses; autograd does the backward."""
+    """The MoE chapter's model as a PyTorch user would write it: the same noisy top-k routing,
+    sparse dispatch with index_add, the two CV^2 losses, then ReLU and the read-out; autograd does
+    the backward. forward returns (logits, auxiliary loss)."""
 
-    def __init__(self, d_in, d_out, n_experts, k, hidden):
+    def __init__(self, d_in, d_out, n_experts, k, hidden, classes=10):
         super().__init__()
         self.k = k
         self.w_gate = nn.Parameter(torch.zeros(d_in, n_experts))
         self.w_noise = nn.Parameter(torch.zeros(d_in, n_experts))
         self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
                                      for _ in range(n_experts))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(d_out, classes))
 
     @staticmethod
     def cv_squared(v):
@@ -150,59 +156,60 @@ class TorchMoE(nn.Module):
         top_vals, top_idx = noisy.topk(self.k + 1, dim=1)
         gates = torch.zeros_like(clean).scatter(1, top_idx[:, :self.k], F.softmax(top_vals[:, :self.k], dim=1))
         theta_in, theta_out = top_vals[:, self.k:self.k + 1], top_vals[:, self.k - 1:self.k]
-        normal = torch.distributions.Normal(0.0, 1.0)
-        prob = normal.cdf((clean - torch.where(noisy > theta_in, theta_in, theta_out)) / sigma)
+        z = (clean - torch.where(noisy > theta_in, theta_in, theta_out)) / sigma
+        prob = 0.5 * (1 + torch.erf(z / 2 ** 0.5))
         aux = 0.1 * self.cv_squared(gates.sum(0)) + 0.1 * self.cv_squared(prob.sum(0))
-        out = None
+        out = torch.zeros(len(x), self.experts[0][-1].out_features, device=x.device)
         for i, expert in enumerate(self.experts):
             idx = torch.nonzero(gates[:, i]).squeeze(1)
             if len(idx):
-                y_i = gates[idx, i, None] * expert(x[idx])
-                out = torch.zeros(len(x), y_i.shape[1], device=x.device).index_add(0, idx, y_i) if out is None \
-                    else out.index_add(0, idx, y_i)
-        return out, aux
+                out = out.index_add(0, idx, gates[idx, i, None] * expert(x[idx]))
+        return self.head(out), aux
 
 
-def moe_pair(batch: int, device: str, lr=2e-3):
+def moe_steps(batch, device, compiled=True, lr=2e-3):
     """The MoE chapter's model: MoE(784 -> 128, 8 experts of 64 hidden units, k=2) -> ReLU -> Linear."""
     x, y = _batch(batch, device)
     g = torch.Generator().manual_seed(0)
-    ours = Sequential(MoE(784, 128, 8, 2, 64, generator=g, noise_generator=torch.Generator().manual_seed(1),
-                          device=device), ReLU(), Linear(128, 10, generator=g, device=device))
-    opt = FusedAdamW(lr)
-    moe = TorchMoE(784, 128, 8, 2, 64).to(device)
-    head = nn.Sequential(nn.ReLU(), nn.Linear(128, 10)).to(device)
-    ref_opt = _best(torch.optim.AdamW, list(moe.parameters()) + list(head.parameters()), lr=lr)
-
-    hand_step = _hand_step(ours, opt, x, y)
-
-    def autograd_step():
-        ref_opt.zero_grad(set_to_none=True)
-        out, aux = moe(x)
-        (F.cross_entropy(head(out), y) + aux).backward()
-        ref_opt.step()
-
-    return hand_step, autograd_step
+    reference = Sequential(MoE(784, 128, 8, 2, 64, generator=g, noise_generator=torch.Generator().manual_seed(1),
+                               device=device), ReLU(), Linear(128, 10, generator=g, device=device))
+    fast = speed_up(copy.deepcopy(reference))
+    return {"reference": _hand_step(reference, AdamW(lr), x, y),
+            "fast": _hand_step(fast, FusedAdamW(lr), x, y, softmax_cross_entropy_fast),
+            **_torch_sides(TorchMoE(784, 128, 8, 2, 64).to(device), lambda ps: _best(torch.optim.AdamW, ps, lr=lr),
+                           x, y, compiled, loss=lambda out, y: F.cross_entropy(out[0], y) + out[1])}
 
 
-def adamw_pair(batch: int, device: str, sizes=(784, 512, 128, 10), optimizer=FusedAdamW):
-    """The AdamW update alone on the MLP's parameters (batch is unused: the update does not see it);
-    optimizer=AdamW times the multi-tensor version of the optimizers chapter instead."""
+MODELS = {
+    "mlp": mlp_steps,
+    "mlp+batchnorm": lambda batch, device, compiled=True: mlp_steps(batch, device, compiled, norm="batch"),
+    "mlp+layernorm": lambda batch, device, compiled=True: mlp_steps(batch, device, compiled, norm="layer"),
+    "scaled+dropout": dropout_steps,
+    "moe": moe_steps,
+}
+
+
+def adamw_update_steps(device, sizes=(784, 512, 128, 10), lr=1e-3):
+    """The AdamW update alone, on the MLP's parameters: chapter 4's AdamW (one tensor at a time),
+    the appendix's ForeachAdamW and FusedAdamW, and torch.optim.AdamW (fused where it can be)."""
     g = torch.Generator().manual_seed(0)
     shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
-    ours = [torch.randn(s, generator=g).to(device) for s in shapes]
+    start = [torch.randn(s, generator=g).to(device) for s in shapes]
     grads = [torch.randn(s, generator=g).to(device) for s in shapes]
-    opt = optimizer(1e-3)
-    theirs = [nn.Parameter(p.clone()) for p in ours]
-    for p, gr in zip(theirs, grads):
-        p.grad = gr.clone()
-    ref_opt = _best(torch.optim.AdamW, theirs, lr=1e-3)
-    return (lambda: opt.step(ours, grads)), ref_opt.step
+    sides = {}
+    for name, cls in (("reference", AdamW), ("foreach", ForeachAdamW), ("fast", FusedAdamW)):
+        params, opt = [p.clone() for p in start], cls(lr)
+        sides[name] = lambda opt=opt, params=params: opt.step(params, grads)
+    theirs = [nn.Parameter(p.clone()) for p in start]
+    for p, grad in zip(theirs, grads):
+        p.grad = grad.clone()
+    sides["eager"] = _best(torch.optim.AdamW, theirs, lr=lr).step
+    return sides
 
 
-def gemm_floor_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05):
+def gemm_floor_steps(batch, device, sizes=(784, 512, 128, 10), lr=0.05):
     """A lower bound for any MLP step: only the matrix products a step must do (three forward,
-    three weight gradients fused with the update, two input gradients), against the autograd step."""
+    three weight gradients fused with the update, two input gradients), beside the eager step."""
     x, y = _batch(batch, device)
     g = torch.Generator().manual_seed(0)
     Ws = [(torch.randn(a, b, generator=g) / a ** 0.5).to(device) for a, b in zip(sizes[:-1], sizes[1:])]
@@ -219,20 +226,7 @@ def gemm_floor_pair(batch: int, device: str, sizes=(784, 512, 128, 10), lr=0.05)
             Ws[i].addmm_(inputs[i].T, d, alpha=-lr * 1e-3)
             d = dx
 
-    _, autograd_step = mlp_pair(batch, device, sizes, lr)
-    return gemms_only, autograd_step
-
-
-MODELS = {
-    "mlp": mlp_pair,
-    "mlp (fused sgd)": lambda batch, device: mlp_pair(batch, device, fused=True),
-    "mlp+batchnorm": lambda batch, device: mlp_pair(batch, device, norm="batch"),
-    "mlp+layernorm": lambda batch, device: mlp_pair(batch, device, norm="layer"),
-    "scaled+dropout": dropout_pair,
-    "moe": moe_pair,
-    "adamw-update": adamw_pair,
-    "adamw (foreach)": lambda batch, device: adamw_pair(batch, device, optimizer=AdamW),
-}
+    return {"floor": gemms_only, "eager": mlp_steps(batch, device, compiled=False, sizes=sizes, lr=lr)["eager"]}
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -242,31 +236,59 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_pair(hand, auto, device: str, steps: int, blocks: int) -> tuple[float, float, float]:
-    """Seconds per step of each, and their ratio hand / auto.
+def time_group(steps_by_name: dict, device: str, steps: int, blocks: int) -> dict:
+    """Seconds per step of every contestant (median over rounds), and every round's times.
 
-    After a warm-up, each of `blocks` rounds times `steps` steps of one and then `steps` of the
-    other, the order alternating from round to round so that neither always runs in the state
-    the other left (caches, the memory allocator). The times are medians over the rounds; the
-    ratio is the median of the rounds' own ratios, so a slow patch of the machine, which hits both
-    blocks of a round alike, cancels out of it.
+    After a warm-up (which also compiles what torch.compile will compile), each of `blocks` rounds
+    times `steps` steps of each contestant, the order rotating by one from round to round so that
+    none always runs in the state another left (caches, the memory allocator). Ratios should be
+    taken with `ratio`, round by round: a slow patch of the machine hits one round's blocks alike.
     """
-    for _ in range(max(3, steps // 2)):  # warm-up: allocator, kernels, optimizer state
-        hand()
-        auto()
+    names = list(steps_by_name)
+    for _ in range(max(3, steps // 2)):
+        for name in names:
+            steps_by_name[name]()
     _sync(device)
-    sides, rounds = [("hand", hand), ("auto", auto)], []
+    rounds = []
     for r in range(blocks):
         times = {}
-        for name, fn in (sides if r % 2 == 0 else sides[::-1]):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             for _ in range(steps):
-                fn()
+                steps_by_name[name]()
             _sync(device)
             times[name] = (time.perf_counter() - start) / steps
-        rounds.append((times["hand"], times["auto"]))
-    return (statistics.median(h for h, _ in rounds), statistics.median(a for _, a in rounds),
-            statistics.median(h / a for h, a in rounds))
+        rounds.append(times)
+    return {"median": {n: statistics.median(t[n] for t in rounds) for n in names}, "rounds": rounds}
+
+
+def ratio(timing: dict, name: str, baseline: str) -> float:
+    """The median over rounds of time(name) / time(baseline) within the round."""
+    return statistics.median(t[name] / t[baseline] for t in timing["rounds"])
+
+
+def model_row(name: str, batch: int, device: str, steps: int, blocks: int, compiled: bool = True) -> dict:
+    """One row of the table: times per step and the ratios the appendix reports."""
+    timing = time_group(MODELS[name](batch, device, compiled), device, steps, blocks)
+    row = {"model": name, "batch": batch, **{f"{n}_ms": 1e3 * t for n, t in timing["median"].items()},
+           "reference/eager": ratio(timing, "reference", "eager"), "fast/eager": ratio(timing, "fast", "eager"),
+           "fast/reference": ratio(timing, "fast", "reference")}
+    if compiled:
+        row.update({"compiled/eager": ratio(timing, "compiled", "eager"),
+                    "reference/compiled": ratio(timing, "reference", "compiled"),
+                    "fast/compiled": ratio(timing, "fast", "compiled")})
+    return row
+
+
+def update_row(device: str, steps: int, blocks: int) -> dict:
+    timing = time_group(adamw_update_steps(device), device, steps, blocks)
+    return {"model": "adamw update", **{f"{n}_ms": 1e3 * t for n, t in timing["median"].items()},
+            **{f"{n}/torch": ratio(timing, n, "eager") for n in ("reference", "foreach", "fast")}}
+
+
+def floor_row(batch: int, device: str, steps: int, blocks: int) -> dict:
+    timing = time_group(gemm_floor_steps(batch, device), device, steps, blocks)
+    return {"model": "matrix products alone", "batch": batch, "floor/eager": ratio(timing, "floor", "eager")}
 
 
 def main() -> None:
@@ -275,20 +297,26 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32, 128, 512])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--blocks", type=int, default=15, help="timed blocks (median taken)")
+    parser.add_argument("--blocks", type=int, default=15, help="timed rounds (median taken)")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="leave out the torch.compile'd autograd model")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    columns = ["reference/eager", "fast/eager"] + (["compiled/eager", "fast/compiled"] if args.compiled else [])
+    print(f"{'model':<16}{'batch':>6}" + "".join(f"{c:>17}" for c in columns), flush=True)
     rows = []
-    print(f"{'model':<16}{'batch':>6}{'hand-written':>15}{'autograd':>12}{'ratio':>8}")
     for name in args.models:
         for batch in args.batches:
-            hand, auto = MODELS[name](batch, args.device)
-            t_hand, t_auto, ratio = time_pair(hand, auto, args.device, args.steps, args.blocks)
-            rows.append({"model": name, "batch": batch, "hand_ms": 1e3 * t_hand,
-                         "autograd_ms": 1e3 * t_auto, "ratio": ratio})
-            print(f"{name:<16}{batch:>6}{1e3 * t_hand:>12.3f} ms{1e3 * t_auto:>9.3f} ms"
-                  f"{ratio:>8.2f}", flush=True)
+            row = model_row(name, batch, args.device, args.steps, args.blocks, args.compiled)
+            rows.append(row)
+            print(f"{name:<16}{batch:>6}" + "".join(f"{row[c]:>17.2f}" for c in columns), flush=True)
+    update = update_row(args.device, args.steps, args.blocks)
+    floor = floor_row(128, args.device, args.steps, args.blocks)
+    rows += [update, floor]
+    print("AdamW update alone, against torch.optim.AdamW: "
+          + ", ".join(f"{n} {update[f'{n}/torch']:.2f}" for n in ("reference", "foreach", "fast")))
+    print(f"matrix products alone, batch 128: {floor['floor/eager']:.2f} of the eager step")
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor() or platform.platform()}
     if args.device.startswith("cuda"):

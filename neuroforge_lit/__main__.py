@@ -1,7 +1,8 @@
-"""`python -m neuroforge_lit tangle` (same as the `neuroforge-lit` command). Hand-written."""
+"""``python -m neuroforge_lit``: which package is installed, and what it runs on. Hand-written."""
 
-import sys
+import torch
 
-from neuroforge_lit.cli import main
+import neuroforge_lit
 
-sys.exit(main())
+print(f"neuroforge-lit {neuroforge_lit.__version__} (torch {torch.__version__}, "
+      f"{'CUDA ' + torch.version.cuda if torch.cuda.is_available() else 'CPU'})")

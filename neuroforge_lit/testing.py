@@ -21,7 +21,8 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["rel_error", "abs_error", "autograd_grads", "numerical_grads", "gradient_check", "GradientReport"]
+__all__ = ["rel_error", "abs_error", "parity_gap", "autograd_grads", "numerical_grads", "gradient_check",
+           "GradientReport"]
 
 # Expected error levels in float64 (stated next to the check, as cs231n does):
 # autograd and a correct hand-written backward agree to rounding (~1e-15 relative);
@@ -78,6 +79,15 @@ def abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max |a - b|``."""
     a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
     return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def parity_gap(pairs, atol: float = 1e-15) -> float:
+    """The largest relative error over pairs (variant, reference) of tensors that should agree to
+    rounding, such as a fast variant and the reference it replaces. A pair whose absolute error is
+    below ``atol`` counts as 0: two roundings of a value that is zero in theory (the gradient of a
+    bias just before batch norm, ~1e-17) have no meaningful relative error."""
+    gaps = [0.0 if abs_error(a, b) <= atol else rel_error(a, b) for a, b in pairs]
+    return max(gaps, default=0.0)
 
 
 @dataclass

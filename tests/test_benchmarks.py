@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import step_time  # noqa: E402
 
-WARM_UP_PAIRS = 3                        # time_pair's warm-up, max(3, steps // 2), for steps=1
+WARM_UP_ROUNDS = 3                       # time_group's warm-up, max(3, steps // 2), for steps=1
 
 
 class FakeClock:
@@ -21,7 +21,7 @@ class FakeClock:
     def step(self, name):
         def run():
             self.calls.append(name)
-            timed_round = (len(self.calls) - 1) // 2 - WARM_UP_PAIRS
+            timed_round = (len(self.calls) - 1) // len(self.costs) - WARM_UP_ROUNDS
             self.now += self.costs[name][timed_round] if timed_round >= 0 else 1.0
         return run
 
@@ -29,20 +29,21 @@ class FakeClock:
 def _time(monkeypatch, costs):
     clock = FakeClock(costs)
     monkeypatch.setattr(step_time.time, "perf_counter", clock.perf_counter)
-    result = step_time.time_pair(clock.step("hand"), clock.step("auto"), "cpu", steps=1,
-                                 blocks=len(costs["hand"]))
-    return result, clock.calls[2 * WARM_UP_PAIRS:]
+    timing = step_time.time_group({name: clock.step(name) for name in costs}, "cpu", steps=1,
+                                  blocks=len(next(iter(costs.values()))))
+    return timing, clock.calls[len(costs) * WARM_UP_ROUNDS:]
 
 
 def test_ratio_is_the_median_of_the_rounds_ratios(monkeypatch):
-    # Rounds 2 and 3 run on a machine 10x slower, for both sides alike; round 4 is a hiccup of
-    # the autograd side alone. Per-round ratios: 0.8, 0.8, 0.8, 0.8, 0.4 -> median 0.8.
-    costs = {"hand": [8, 8, 80, 80, 8], "auto": [10, 10, 100, 100, 20]}
-    (t_hand, t_auto, ratio), _ = _time(monkeypatch, costs)
-    assert ratio == 0.8
-    assert (t_hand, t_auto) == (8, 20)   # per-side medians: their ratio, 0.4, would mislead
+    # Rounds 2 and 3 run on a machine 10x slower, for every side alike; round 4 is a hiccup of the
+    # eager side alone. Per-round ratios fast/eager: 0.8, 0.8, 0.8, 0.8, 0.4 -> median 0.8.
+    costs = {"fast": [8, 8, 80, 80, 8], "eager": [10, 10, 100, 100, 20], "reference": [12, 12, 120, 120, 12]}
+    timing, _ = _time(monkeypatch, costs)
+    assert step_time.ratio(timing, "fast", "eager") == 0.8
+    assert step_time.ratio(timing, "reference", "fast") == 1.5
+    assert timing["median"] == {"fast": 8, "eager": 20, "reference": 12}   # per-side medians: 8/20 misleads
 
 
-def test_rounds_alternate_which_side_runs_first(monkeypatch):
-    _, timed = _time(monkeypatch, {"hand": [1] * 4, "auto": [1] * 4})
-    assert timed == ["hand", "auto", "auto", "hand", "hand", "auto", "auto", "hand"]
+def test_the_order_rotates_from_round_to_round(monkeypatch):
+    _, timed = _time(monkeypatch, {"a": [1] * 4, "b": [1] * 4, "c": [1] * 4})
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]

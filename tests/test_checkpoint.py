@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, bit-identical resume, atomic writes under a crash, bad files."""
+"""Checkpoints: round trip, bit-identical resume, atomic writes under a crash, bad files, and a
+container the checkpoint code has never heard of (it relies on the Layer protocol only)."""
 
 import pytest
 import torch
@@ -6,9 +7,9 @@ import torch
 from neuroforge_lit import checkpoint as ckpt
 from neuroforge_lit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
 from neuroforge_lit.norm import BatchNorm1d
-from neuroforge_lit.optim import SGD, AdamW
+from neuroforge_lit.optim import SGD, AdamW, GradientDescent
 from neuroforge_lit.training import fit
 
 
@@ -38,10 +39,13 @@ def test_round_trip_restores_params_buffers_optimizer_and_extra(tmp_path):
     extra = load_checkpoint(tmp_path / "a.pt", fresh, fresh_opt)
     assert extra == {"epoch": 2, "note": "hi"}
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
-    assert torch.equal(model.layers[1].running_var, fresh.layers[1].running_var)
+    assert torch.equal(model.layers[1].buffers["running_var"], fresh.layers[1].buffers["running_var"])
+    assert torch.equal(model.layers[3].generators["mask"].get_state(), fresh.layers[3].generators["mask"].get_state())
     assert fresh_opt.t == opt.t
     state = torch.load(tmp_path / "a.pt", weights_only=True)     # the documented format
-    assert state["format"] == "neuroforge-lit-checkpoint" and "layers.1.running_mean" in state["buffers"]
+    assert state["format"] == "neuroforge-lit-checkpoint" and state["version"] == 2
+    assert set(state["model"]["buffers"]) == {"1.running_mean", "1.running_var"}
+    assert set(state["model"]["generators"]) == {"3.mask"}
 
 
 def test_resumed_training_is_bit_identical(tmp_path):
@@ -56,7 +60,7 @@ def test_resumed_training_is_bit_identical(tmp_path):
     load_checkpoint(tmp_path / "mid.pt", resumed, opt2)
     train(resumed, opt2, 1)
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
-    assert torch.equal(straight.layers[1].running_mean, resumed.layers[1].running_mean)
+    assert torch.equal(straight.layers[1].buffers["running_mean"], resumed.layers[1].buffers["running_mean"])
 
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -107,7 +111,8 @@ def test_missing_file_and_mismatched_model(tmp_path):
     model, opt = model_and_optimizer()
     save_checkpoint(tmp_path / "m.pt", model)
     other = Sequential(Linear(6, 8), ReLU(), Linear(8, 3))
-    with pytest.raises(CheckpointError, match=r"layers\.0\.W|0\.W: model \(6, 8\), checkpoint \(6, 16\)"):
+    with pytest.raises(CheckpointError, match=r"parameter '0.W': the model has \(6, 8\) torch.float32, "
+                                              r"the state \(6, 16\) torch.float32"):
         load_checkpoint(tmp_path / "m.pt", other)
     with pytest.raises(CheckpointError, match="holds no optimizer state"):
         load_checkpoint(tmp_path / "m.pt", model_and_optimizer()[0], AdamW())
@@ -123,3 +128,57 @@ def test_optimizer_that_does_not_fit_changes_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="optimizer: state_dict is for AdamW, not SGD"):
         load_checkpoint(tmp_path / "m.pt", target, SGD(0.1))
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+
+
+def test_gradient_descent_is_saved_like_the_other_optimizers(tmp_path):
+    """The README's own optimizer: GradientDescent has a state_dict (it raised AttributeError)."""
+    model = model_and_optimizer()[0]
+    train(model, GradientDescent(0.1), seed=0)
+    save_checkpoint(tmp_path / "gd.pt", model, GradientDescent(0.1))
+    resumed = GradientDescent(0.5)
+    load_checkpoint(tmp_path / "gd.pt", model_and_optimizer(seed=2)[0], resumed)
+    assert resumed.lr == 0.1
+
+
+class Parallel(Layer):
+    """A container unknown to checkpoint.py: two branches whose outputs are added, and a buffer
+    and a generator of its own. It only declares; the Layer protocol does the rest."""
+
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.left = Sequential(Linear(6, 4, generator=g), BatchNorm1d(4))
+        self.right = Sequential(Dropout(0.5, generator=torch.Generator().manual_seed(seed + 1)),
+                                Linear(6, 4, generator=g))
+        self.buffers = {"calls": torch.zeros(())}
+        self.generators = {"own": torch.Generator().manual_seed(seed + 2)}
+
+    def children(self):
+        return {"left": self.left, "right": self.right}
+
+    def forward(self, x):
+        self.buffers["calls"] += 1
+        return self.left.forward(x) + self.right.forward(x)
+
+    def backward(self, dout, input_grad=True):
+        dx_left, dx_right = self.left.backward(dout, input_grad), self.right.backward(dout, input_grad)
+        return dx_left + dx_right if input_grad else None
+
+
+def test_a_new_container_is_saved_and_restored_without_touching_checkpoint_code(tmp_path):
+    model, opt = Sequential(Parallel(0), ReLU(), Linear(4, 3)), AdamW(1e-2)
+    train(model, opt, seed=0)
+    torch.rand(3, generator=model.layers[0].generators["own"])   # move its own generator on
+    save_checkpoint(tmp_path / "p.pt", model, opt)
+    fresh, fresh_opt = Sequential(Parallel(9), ReLU(), Linear(4, 3)), AdamW(1e-2)
+    load_checkpoint(tmp_path / "p.pt", fresh, fresh_opt)
+    ours, theirs = model.state_dict(), fresh.state_dict()
+    assert set(ours["params"]) == {"0.left.0.W", "0.left.0.b", "0.left.1.gamma", "0.left.1.beta",
+                                   "0.right.1.W", "0.right.1.b", "2.W", "2.b"}
+    assert set(ours["buffers"]) == {"0.calls", "0.left.1.running_mean", "0.left.1.running_var"}
+    assert set(ours["generators"]) == {"0.own", "0.right.0.mask"}
+    for kind in ours:
+        assert all(torch.equal(ours[kind][k], theirs[kind][k]) for k in ours[kind])
+    train(model, opt, seed=1)                                     # and training goes on identically
+    train(fresh, fresh_opt, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from conftest import f64
 
-from neuroforge_lit.norm import (BatchNorm1d, LayerNorm, batchnorm_backward, batchnorm_eval_backward,
-                                 batchnorm_eval_forward, batchnorm_forward, layernorm_backward,
-                                 layernorm_forward, normalized_mlp, running_stats_update)
+from neuroforge_lit.norm import (BatchNorm1d, LayerNorm, batchnorm_eval_backward, batchnorm_eval_forward,
+                                 batchnorm_forward, layernorm_forward, normalize_backward, normalized_mlp,
+                                 running_stats_update)
 from neuroforge_lit.testing import gradient_check
 
 
@@ -15,8 +15,8 @@ def params(gen, d=5):
     return 1 + 0.5 * f64(d, gen=gen), 0.5 * f64(d, gen=gen)
 
 
-@pytest.mark.parametrize("fwd,bwd", [(batchnorm_forward, batchnorm_backward),
-                                     (layernorm_forward, layernorm_backward)])
+@pytest.mark.parametrize("fwd,bwd", [(batchnorm_forward, normalize_backward),
+                                     (layernorm_forward, normalize_backward)])
 def test_gradients_match_oracles(fwd, bwd, gen):
     x = 2 * f64(6, 5, gen=gen) + 1
     gamma, beta = params(gen)
@@ -38,8 +38,8 @@ def test_eval_mode_gradients(gen):
                    dict(x=x, gamma=gamma, beta=beta), dict(x=dx, gamma=dg, beta=db), dout=dout).assert_ok()
 
 
-@pytest.mark.parametrize("fwd,bwd", [(batchnorm_forward, batchnorm_backward),
-                                     (layernorm_forward, layernorm_backward)])
+@pytest.mark.parametrize("fwd,bwd", [(batchnorm_forward, normalize_backward),
+                                     (layernorm_forward, normalize_backward)])
 def test_gradcheck(fwd, bwd, gen):
     class Wrapped(torch.autograd.Function):
         @staticmethod
@@ -87,7 +87,7 @@ def test_layers_train_and_eval_modes(gen):
     bn = BatchNorm1d(4, dtype=torch.float64)
     x = f64(10, 4, gen=gen) * 2 + 3
     bn.forward(x)
-    assert torch.allclose(bn.running_mean, 0.1 * x.mean(0))
+    assert torch.allclose(bn.buffers["running_mean"], 0.1 * x.mean(0))
     bn.eval()
     one = bn.forward(x[:1])            # eval mode works for a batch of one
     assert one.shape == (1, 4)
@@ -119,3 +119,22 @@ def test_feature_mismatch_names_both_shapes(fwd):
         fwd(torch.randn(3, 5), torch.ones(4), torch.zeros(4))
     with pytest.raises(ValueError, match=r"must have shape \(N, D\), got \(3, 5, 2\)"):
         fwd(torch.randn(3, 5, 2), torch.ones(5), torch.zeros(5))
+
+
+@pytest.mark.parametrize("make", [lambda: BatchNorm1d(3), lambda: LayerNorm(3)])
+def test_gradients_before_any_backward_are_zero(make):
+    """BatchNorm1d(3).gradients() raised KeyError before the first backward; a parameter that no
+    backward has reached has a zero gradient, as for every layer."""
+    layer = make()
+    grads = layer.gradients()
+    assert [g.shape for g in grads] == [(3,), (3,)] and all(not g.any() for g in grads)
+
+
+def test_batch_norm_declares_its_running_statistics_as_buffers(gen):
+    bn = BatchNorm1d(4, dtype=torch.float64)
+    bn.forward(f64(10, 4, gen=gen))
+    state = bn.state_dict()
+    assert set(state["buffers"]) == {"running_mean", "running_var"} and set(state["params"]) == {"gamma", "beta"}
+    other = BatchNorm1d(4, dtype=torch.float64)
+    other.load_state_dict(state)
+    assert torch.equal(other.buffers["running_var"], bn.buffers["running_var"])

@@ -1,12 +1,13 @@
-"""Optimizers: step-for-step agreement with torch.optim, state save/restore, bad input, NaN policy."""
+"""Optimizers: step-for-step agreement with torch.optim, state save/restore, bad input, NaN policy.
+The references (book/02, book/04) and the performance appendix's variants (book/09) alike."""
 
 import io
 
 import pytest
 import torch
 
-from neuroforge_lit.fused import FusedAdamW
-from neuroforge_lit.optim import SGD, Adam, AdamW
+from neuroforge_lit.fast import ForeachAdam, ForeachAdamW, FusedAdamW
+from neuroforge_lit.optim import SGD, Adam, AdamW, GradientDescent
 
 
 def _params(gen):
@@ -21,6 +22,7 @@ def _uncompiled_fused_adamw(*args, **kwargs):
 
 
 CASES = [
+    (lambda: GradientDescent(0.05), torch.optim.SGD, dict(lr=0.05)),                       # book/02
     (lambda: SGD(0.05), torch.optim.SGD, dict(lr=0.05)),
     (lambda: SGD(0.05, weight_decay=0.02), torch.optim.SGD, dict(lr=0.05, weight_decay=0.02)),
     (lambda: SGD(0.05, momentum=0.9, weight_decay=0.02), torch.optim.SGD,
@@ -33,7 +35,11 @@ CASES = [
     (lambda: AdamW(1e-2), torch.optim.AdamW, dict(lr=1e-2)),
     (lambda: AdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
-    (lambda: FusedAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,   # book/09
+    (lambda: ForeachAdam(1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1), torch.optim.Adam,   # book/09
+     dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
+    (lambda: ForeachAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
+     dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
+    (lambda: FusedAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
     (lambda: _uncompiled_fused_adamw(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
@@ -90,10 +96,10 @@ def test_resume_from_state_dict_is_bit_identical(make, gen):
     assert all(torch.equal(x, y) for x, y in zip(a, c))
 
 
-@pytest.mark.parametrize("cls", [Adam, AdamW])
+@pytest.mark.parametrize("cls", [ForeachAdam, ForeachAdamW])
 def test_scratch_buffers_are_not_state_and_follow_a_loaded_state(cls, gen):
-    """The denominator buffers are reused between steps, never saved, and rebuilt when an
-    optimizer that stepped on other shapes loads a state_dict."""
+    """The multi-tensor variants' denominator buffers are reused between steps, never saved, and
+    rebuilt when an optimizer that stepped on other shapes loads a state_dict."""
     small = [torch.randn(4, dtype=torch.float64, generator=gen)]
     start = _params(gen)
     grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in start] for _ in range(6)]
@@ -170,12 +176,14 @@ def test_loaded_state_moves_to_the_parameters_dtype(gen):
     assert not opt.state_loaded
 
 
-@pytest.mark.parametrize("save,load", [(AdamW, FusedAdamW), (FusedAdamW, AdamW)])
-def test_fused_and_plain_adamw_load_each_others_state(save, load, gen):
-    """FusedAdamW (book/09) is AdamW's update compiled: the state_dicts are the same format, and a
-    run resumed by the other class stays on the same path (up to rounding)."""
+@pytest.mark.parametrize("save,load", [(AdamW, FusedAdamW), (FusedAdamW, AdamW), (AdamW, ForeachAdamW),
+                                       (ForeachAdamW, FusedAdamW), (Adam, ForeachAdam), (ForeachAdam, Adam)])
+def test_fast_and_reference_optimizers_load_each_others_state(save, load, gen):
+    """The appendix's variants (book/09) keep their reference's state_dict format, and a run
+    resumed by the other class stays on the same path (up to rounding)."""
     a, c, resumed = _interrupted(lambda: save(1e-2, weight_decay=0.1), load, gen)
-    assert resumed.state_dict()["type"] == "AdamW" and resumed.weight_decay == 0.1
+    assert resumed.state_dict()["type"] == save().kind == load().kind
+    assert resumed.weight_decay == 0.1
     for x, y in zip(a, c):
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
 

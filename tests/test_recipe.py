@@ -82,3 +82,36 @@ def test_ensemble_logits_average_probabilities(gen):
     x = torch.randn(5, 4, generator=gen)
     probs = (torch.softmax(a.forward(x), 1) + torch.softmax(b.forward(x), 1)) / 2
     torch.testing.assert_close(ensemble_logits([a, b], x).exp(), probs)
+
+
+def test_early_stopping_restores_the_batch_norm_statistics_of_the_best_epoch(gen):
+    """It restored the best epoch's weights but kept the last epoch's running statistics, so the
+    restored model was not the one that scored best."""
+    from neuroforge_lit.norm import BatchNorm1d
+    from neuroforge_lit.training import evaluate
+    x, y = torch.randn(200, 10, generator=gen), torch.randint(0, 3, (200,), generator=gen)
+    xv, yv = torch.randn(100, 10, generator=gen), torch.randint(0, 3, (100,), generator=gen)
+    model = Sequential(Linear(10, 64, generator=gen), BatchNorm1d(64), ReLU(), Linear(64, 3, generator=gen))
+    rows, best = fit_with_early_stopping(model, Adam(1e-2), x, y, (xv, yv), max_epochs=40, patience=3,
+                                         batch_size=32)
+    assert best < len(rows)                                 # it did go back
+    assert evaluate(model, xv, yv)["loss"] == rows[best - 1]["val_loss"]
+
+
+def test_early_stopping_with_no_finite_validation_loss_is_a_clear_error(gen):
+    x, y = torch.randn(40, 4, generator=gen), torch.randint(0, 2, (40,), generator=gen)
+    xv = torch.full((10, 4), float("nan"))
+    model = mlp([4, 2], generator=gen)
+    import pytest
+    with pytest.raises(ValueError, match="no validation loss in 2 epochs was a number"):
+        fit_with_early_stopping(model, Adam(1e-2), x, y, (xv, y[:10]), max_epochs=5, patience=2, batch_size=8)
+
+
+def test_ensemble_logits_gives_the_members_their_modes_back(gen):
+    """It left every member in eval mode."""
+    from neuroforge_lit.dropout import Dropout
+    a = Sequential(Linear(4, 6, generator=gen), Dropout(0.5), Linear(6, 3, generator=gen))
+    b = mlp([4, 3], generator=gen).eval()
+    ensemble_logits([a, b], torch.randn(5, 4, generator=gen))
+    assert a.training and all(layer.training for layer in a.layers)
+    assert not b.training

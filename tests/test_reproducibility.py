@@ -7,8 +7,8 @@ from neuroforge_lit.dropout import Dropout
 from neuroforge_lit.layers import Linear, ReLU, Sequential, mlp
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
-from neuroforge_lit.optim import SGD, Adam, AdamW
-from neuroforge_lit.training import GradientDescent, fit
+from neuroforge_lit.optim import SGD, Adam, AdamW, GradientDescent
+from neuroforge_lit.training import fit
 
 
 def models(seed):

@@ -1,4 +1,4 @@
-"""The tangler: output, determinism, --check, and every error a contributor can make."""
+"""The tangler (tools/booktools): output, determinism, --check, and every error a contributor can make."""
 
 import subprocess
 import sys
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from neuroforge_lit import tangle as T
-from neuroforge_lit.cli import main as cli_main
+from booktools import tangle as T
+from booktools.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
@@ -65,7 +65,7 @@ def test_tangle_writes_modules_with_header_provenance_and_sorted_imports(tmp_pat
     assert changed == ["neuroforge_lit/alpha.py", "neuroforge_lit/beta.py"]
     alpha = (root / "neuroforge_lit" / "alpha.py").read_text()
     assert alpha.startswith(T.GENERATED_MARK)
-    assert "# book/a.md:14\ndef double(x):" in alpha        # provenance: the chapter line
+    assert '# book/a.md, section "Chapter A"\ndef double(x):' in alpha   # provenance: chapter and section
     assert alpha.count("import torch") == 1                  # de-duplicated
     assert alpha.index("import math") < alpha.index("import torch")
     assert '__all__ = [\n    "double",\n    "root",\n]' in alpha
@@ -110,7 +110,7 @@ BAD = {
     "unknown module name": (cell("#| export neuroforge_lit.Bad-Name\nx = 1"), "a.md:9",
                             "does not name a module"),
     "module outside the package": (cell("#| export torch.nn\nx = 1"), "a.md:9", "does not name a module"),
-    "hand-written module": (cell("#| export neuroforge_lit.data\nx = 1"), "a.md:9", "hand-written module"),
+    "hand-written module": (cell("#| export neuroforge_lit.handmade\nx = 1"), "a.md:9", "hand-written module"),
     "directive typo": (cell("#| exprot neuroforge_lit.alpha\nx = 1"), "a.md:9", "unknown directive 'exprot'"),
     "syntax error": (cell("#| export neuroforge_lit.alpha\ndef f(:\n    pass"), "a.md:10", "syntax error"),
     "duplicate name in one chapter": (
@@ -125,7 +125,7 @@ BAD = {
     "statement that runs on import": (cell("#| export neuroforge_lit.alpha\nprint('hi')"), "a.md:10",
                                       "would run when the module is imported"),
     "unknown equation label": (cell("#| export neuroforge_lit.alpha\ny = 1  # (eq-nowhere)"), "a.md:10",
-                               "cites equation 'eq-nowhere'"),
+                               "cites equation 'eq-nowhere', which is not a labelled equation of any chapter"),
     "export in a plain fence": ("```python\n#| export neuroforge_lit.alpha\nx = 1\n```\n", "a.md:9",
                                 "plain 'python' fence"),
 }
@@ -137,6 +137,7 @@ def test_bad_chapter_is_a_clear_error_and_leaves_the_package_alone(case, tmp_pat
     root = make_book(tmp_path, {"a": "# A\n\n" + body})
     pkg = root / "neuroforge_lit"
     (pkg / "alpha.py").write_text(T.GENERATED_MARK + " from before\nx = 0\n")
+    (pkg / "handmade.py").write_text("# written by a person\n")
     before = snapshot(root)
     with pytest.raises(T.TangleError) as err:
         T.tangle(root)
@@ -189,3 +190,23 @@ def test_chapter_dependencies_follow_imports_transitively(tmp_path):
     deps = [p.name for p in T.chapter_dependencies(root, "book/c.md")]
     assert deps == ["alpha.py", "beta.py"]
     assert T.chapter_dependencies(root, "book/a.md") == []
+
+
+def test_provenance_survives_a_prose_edit(tmp_path):
+    """Adding a sentence above an exported cell moves its lines but not its section: the package
+    stays in sync with the book, and --check passes without a re-tangle."""
+    root = make_book(tmp_path, GOOD)
+    T.tangle(root)
+    chapter = root / "book" / "a.md"
+    chapter.write_text(chapter.read_text().replace("# Chapter A\n", "# Chapter A\n\nA new sentence.\nAnd one more.\n"))
+    assert T.check(root) == ""
+    chapter.write_text(chapter.read_text().replace("# Chapter A\n", "# Chapter A, renamed\n"))
+    assert 'section "Chapter A, renamed"' in T.check(root)
+
+
+def test_an_equation_of_an_earlier_chapter_may_be_cited(tmp_path):
+    body = cell("#| export neuroforge_lit.gamma\nfrom neuroforge_lit.alpha import double\n\n"
+                "def sextuple(x):\n    return 3 * double(x)   # (eq-a-double)")
+    root = make_book(tmp_path, {**GOOD, "c": "# C\n\n" + body})
+    T.tangle(root)
+    assert "(eq-a-double)" in (root / "neuroforge_lit" / "gamma.py").read_text()

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from neuroforge_lit.layers import mlp
-from neuroforge_lit.training import GradientDescent, cosine_lr, evaluate, fit
+from neuroforge_lit.layers import Linear, Sequential, mlp
+from neuroforge_lit.norm import BatchNorm1d
+from neuroforge_lit.optim import GradientDescent
+from neuroforge_lit.training import cosine_lr, evaluate, fit
 
 
 def _data(gen, n=256):
@@ -57,7 +59,7 @@ def test_bad_arguments(gen):
         fit(mlp([6, 2]), GradientDescent(0.1), x, y[:9], epochs=1, batch_size=4, log=None)
     with pytest.raises(ValueError, match="may not be named 'train'"):
         fit(mlp([6, 2]), GradientDescent(0.1), x, y, epochs=1, batch_size=4, eval_sets={"train": (x, y)})
-    with pytest.raises(ValueError, match="learning rate must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"lr must be in \[0.0, inf\), got -1"):
         GradientDescent(-1)
     with pytest.raises(ValueError, match="2 parameters but 1 gradients"):
         GradientDescent(0.1).step([torch.zeros(1), torch.zeros(1)], [torch.zeros(1)])
@@ -70,3 +72,25 @@ def test_gradient_descent_checks_every_shape_before_changing_anything():
     with pytest.raises(ValueError, match=r"parameter 1 has shape \(2, 3\) but its gradient has shape \(3,\)"):
         GradientDescent(0.5).step(params, [torch.ones(4), torch.ones(3)])
     assert torch.equal(params[0], torch.ones(4)) and torch.equal(params[1], torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gradient_descent_refuses_a_non_finite_gradient(bad):
+    """It applied NaN silently, though the README says the optimizers refuse it."""
+    params = [torch.ones(4), torch.ones(2, 3)]
+    grads = [torch.ones(4), torch.ones(2, 3)]
+    grads[1][1, 2] = bad
+    opt = GradientDescent(0.5)
+    with pytest.raises(FloatingPointError, match=r"parameter 1 \(shape \(2, 3\)\) contains NaN or inf"):
+        opt.step(params, grads)
+    assert torch.equal(params[0], torch.ones(4)) and torch.equal(params[1], torch.ones(2, 3)) and opt.t == 0
+
+
+def test_evaluate_gives_every_layer_its_own_mode_back(gen):
+    model = Sequential(Linear(6, 4, generator=gen), BatchNorm1d(4), Linear(4, 2, generator=gen))
+    model.layers[1].eval()                          # a frozen batch norm inside a training model
+    x, y = _data(gen, 32)
+    before = model.layers[1].buffers["running_mean"].clone()
+    evaluate(model, x, y)
+    assert [layer.training for layer in model.layers] == [True, False, True]
+    assert torch.equal(model.layers[1].buffers["running_mean"], before)   # inference: no update

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlparse
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from neuroforge_lit.tangle import toc_chapters  # noqa: E402
+sys.path.insert(0, str(ROOT / "tools"))
+from booktools.tangle import toc_chapters  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -20,7 +20,7 @@ only: after an edit to chapter 2's exported code, chapter 3 (which imports it fr
 1. appends a hidden code cell holding a fingerprint of every package module the chapter imports
    (directly or through other modules), which changes the cache key when one of them changes.
    The fingerprint is a hash of the module's syntax tree without docstrings, so an edit to a
-   comment, a docstring or a provenance line number re-executes nothing;
+   comment, a docstring or a provenance line re-executes nothing;
 2. tells Sphinx the chapter depends on those files (``note_dependency``), without which Sphinx
    would not even re-read an unchanged chapter.
 """
@@ -30,12 +30,14 @@ from __future__ import annotations
 import ast
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 from docutils import nodes
 from sphinx import addnodes
 
-from neuroforge_lit.tangle import DIRECTIVE, MODULE_NAME, chapter_dependencies
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
+from booktools.tangle import DIRECTIVE, MODULE_NAME, chapter_dependencies  # noqa: E402
 
 
 def _code_fingerprint(path: Path) -> str:

@@ -1,4 +1,6 @@
-"""The `neuroforge-lit` command. Hand-written (not generated from the book)."""
+"""The book's tooling command: ``python -m booktools tangle [--check]`` and ``python -m booktools
+chapter 03`` (``make tangle``, ``make check``, ``make chapter CH=03``). Hand-written; not part of
+the installed package."""
 
 from __future__ import annotations
 
@@ -6,11 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from neuroforge_lit import tangle as tangler
+from booktools import tangle as tangler
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="neuroforge-lit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m booktools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tangle", help="export the book's marked code cells into neuroforge_lit/")
     t.add_argument("--check", action="store_true",
@@ -29,13 +31,13 @@ def main(argv: list[str] | None = None) -> int:
             diff = tangler.check(root)
             if diff:
                 sys.stdout.write(diff)
-                print("neuroforge-lit tangle --check: the package differs from the book "
+                print("tangle --check: the package differs from the book "
                       "(diff above); run `make tangle` and commit the result", file=sys.stderr)
                 return 1
-            print("neuroforge-lit tangle --check: package and book agree")
+            print("tangle --check: package and book agree")
             return 0
         changed = tangler.tangle(root)
-        print("\n".join(f"wrote {c}" for c in changed) or "neuroforge-lit tangle: nothing changed")
+        print("\n".join(f"wrote {c}" for c in changed) or "tangle: nothing changed")
         return 0
     except tangler.TangleError as e:
         print(f"error: {e}", file=sys.stderr)

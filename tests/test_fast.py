@@ -1,0 +1,252 @@
+"""book/09_performance.md: every fast variant against the reference it replaces, in float64 to
+1e-12 relative: the fast layers and loss (alone and through speed_up), the in-place norm
+backwards, sgd_step_fused (the update folded into the backward pass) and FusedAdamW's compiling.
+The optimizers' agreement with torch.optim, resume and NaN policy run with the references' in
+test_optim.py."""
+
+import copy
+
+import pytest
+import torch
+
+from neuroforge_lit import fast
+from neuroforge_lit.dropout import Dropout
+from neuroforge_lit.fast import (FastBatchNorm1d, FastLayerNorm, FastLinear, FastReLU, FusedAdamW,
+                                 batchnorm_backward_fast, layernorm_backward_fast, sgd_step_fused,
+                                 softmax_cross_entropy_fast, speed_up)
+from neuroforge_lit.layers import Linear, ReLU, Sequential
+from neuroforge_lit.losses import softmax_cross_entropy
+from neuroforge_lit.moe import MoE
+from neuroforge_lit.norm import BatchNorm1d, LayerNorm, normalize_backward, normalize_forward, normalized_mlp
+from neuroforge_lit.optim import AdamW, GradientDescent
+from neuroforge_lit.testing import parity_gap
+
+TOL = 1e-12
+
+
+def _batch(n=32, d=20, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+def assert_parity(fast_tensors, reference_tensors, what):
+    for i, (a, b) in enumerate(zip(fast_tensors, reference_tensors, strict=True)):
+        gap = parity_gap([(a, b)])
+        assert gap <= TOL, f"{what}, tensor {i}: fast differs from the reference by {gap:.1e} (relative)"
+
+
+def _models():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "mlp": normalized_mlp([20, 16, 12, 5], None, generator=g, dtype=torch.float64),
+        "mlp+batchnorm": normalized_mlp([20, 16, 12, 5], "batch", generator=g, dtype=torch.float64),
+        "mlp+layernorm": normalized_mlp([20, 16, 12, 5], "layer", generator=g, dtype=torch.float64),
+        "dropout": Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(2)),
+                              Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
+                              Dropout(0.5, generator=torch.Generator().manual_seed(3)),
+                              Linear(16, 5, generator=g, dtype=torch.float64)),
+        "moe": Sequential(MoE(20, 8, 4, 2, 6, generator=g, noise_generator=torch.Generator().manual_seed(4),
+                              dtype=torch.float64), ReLU(), Linear(8, 5, generator=g, dtype=torch.float64)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_speed_up_trains_like_the_reference(name):
+    """Three steps of training, reference against speed_up: outputs, losses, gradients of the input
+    and of every parameter, and the parameters after the update."""
+    reference = _models()[name]
+    if name == "moe":
+        reference.layers[0].params["W_g"] = torch.randn(20, 4, dtype=torch.float64,
+                                                       generator=torch.Generator().manual_seed(5))
+    faster = speed_up(copy.deepcopy(reference))
+    assert any(type(layer).__name__.startswith("Fast") for _, layer in faster.named_layers())
+    x, y = _batch()
+    for step in range(3):
+        out_r, out_f = reference.forward(x), faster.forward(x)
+        (loss_r, d_r), (loss_f, d_f) = softmax_cross_entropy(out_r, y), softmax_cross_entropy_fast(out_f, y)
+        dx_r, dx_f = reference.backward(d_r), faster.backward(d_f)
+        assert_parity([out_f, loss_f, d_f, dx_f, *faster.gradients()],
+                      [out_r, loss_r, d_r, dx_r, *reference.gradients()], f"{name}, step {step}")
+        for model in (reference, faster):
+            GradientDescent(0.1).step(model.parameters(), model.gradients())
+    assert_parity(faster.parameters(), reference.parameters(), f"{name}, parameters after 3 steps")
+
+
+def test_speed_up_swaps_only_what_has_a_variant_and_keeps_the_state():
+    model = _models()["mlp+batchnorm"]
+    state = model.state_dict()
+    same = speed_up(model)
+    assert same is model
+    assert [type(layer) for layer in model.layers] == [FastLinear, FastBatchNorm1d, FastReLU, FastLinear,
+                                                       FastBatchNorm1d, FastReLU, FastLinear]
+    assert model.state_dict().keys() == state.keys()
+    for kind in ("params", "buffers"):
+        assert all(torch.equal(model.state_dict()[kind][k], v) for k, v in state[kind].items())
+    layer_norm = speed_up(LayerNorm(4))
+    assert type(layer_norm) is FastLayerNorm and isinstance(layer_norm, LayerNorm)
+
+
+def test_fast_linear_overwrites_its_gradient_buffers():
+    layer = speed_up(Linear(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    x = torch.randn(5, 6, dtype=torch.float64)
+    layer.forward(x)
+    layer.backward(torch.ones(5, 3, dtype=torch.float64))
+    first = layer.grads["W"]
+    layer.forward(x)
+    layer.backward(2 * torch.ones(5, 3, dtype=torch.float64))
+    assert layer.grads["W"] is first                              # the same buffer, new values
+    torch.testing.assert_close(first, 2 * x.sum(0)[:, None].expand(6, 3))
+
+
+@pytest.mark.parametrize("dim,fast_backward", [(0, batchnorm_backward_fast), (-1, layernorm_backward_fast)])
+def test_fast_norm_backwards_match_normalize_backward(dim, fast_backward):
+    g = torch.Generator().manual_seed(7)
+    x = 3 * torch.randn(11, 6, generator=g, dtype=torch.float64) + 2
+    gamma = 1 + 0.4 * torch.randn(6, generator=g, dtype=torch.float64)
+    beta = torch.randn(6, generator=g, dtype=torch.float64)
+    dout = torch.randn(11, 6, generator=g, dtype=torch.float64)
+    _, cache = normalize_forward(x, gamma, beta, dim)
+    assert_parity(fast_backward(dout, cache), normalize_backward(dout, cache), fast_backward.__name__)
+
+
+def test_fast_batch_norm_in_inference_mode_is_the_reference():
+    x, _ = _batch(d=7)
+    reference = BatchNorm1d(7, dtype=torch.float64)
+    reference.forward(3 * x + 1)                                  # running statistics away from 0 and 1
+    reference.eval()
+    faster = speed_up(copy.deepcopy(reference))
+    dout = torch.randn(32, 7, dtype=torch.float64)
+    assert_parity([faster.forward(x), faster.backward(dout), *faster.gradients()],
+                  [reference.forward(x), reference.backward(dout), *reference.gradients()], "eval batch norm")
+
+
+def test_fast_loss_matches_at_extreme_logits_and_checks_labels():
+    logits = torch.tensor([[1000.0, 0.0, -1000.0], [0.5, 0.25, 0.0]], dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    assert_parity(softmax_cross_entropy_fast(logits, y), softmax_cross_entropy(logits, y), "loss")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        softmax_cross_entropy_fast(logits, torch.tensor([0, 3]))
+
+
+# --- sgd_step_fused ------------------------------------------------------------------------------
+
+def _assert_one_fused_step_matches_plain(fused, x, y, lr=0.1):
+    """One sgd_step_fused against a copy stepped by backward + GradientDescent (same dropout masks:
+    the copy's generators are copied too)."""
+    plain = copy.deepcopy(fused)
+    plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+    GradientDescent(lr).step(plain.parameters(), plain.gradients())
+    sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=lr)
+    assert_parity(fused.parameters(), plain.parameters(), "sgd_step_fused")
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+@pytest.mark.parametrize("faster", [False, True])
+def test_fused_step_matches_backward_then_gradient_descent(norm, faster):
+    x, y = _batch()
+    fused = normalized_mlp([20, 16, 8, 5], norm, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if faster:
+        speed_up(fused)
+    plain = copy.deepcopy(fused)
+    before = [p.clone() for p in fused.parameters()]
+    for _ in range(4):
+        plain.backward(softmax_cross_entropy(plain.forward(x), y)[1], input_grad=False)
+        GradientDescent(0.2).step(plain.parameters(), plain.gradients())
+        sgd_step_fused(fused, softmax_cross_entropy(fused.forward(x), y)[1], lr=0.2)
+    for p, b in zip(fused.parameters(), before):
+        assert not torch.equal(p, b)                      # the step moved every parameter
+    assert_parity(fused.parameters(), plain.parameters(), f"sgd_step_fused, norm={norm}")
+
+
+def test_fused_step_with_dropout_uses_the_forward_mask():
+    x, y = _batch()
+    layers = [Linear(20, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64), ReLU(),
+              Dropout(0.5, generator=torch.Generator().manual_seed(3)),
+              Linear(16, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)]
+    _assert_one_fused_step_matches_plain(Sequential(*layers), x, y)
+
+
+def test_lr_zero_changes_nothing_and_bad_input_is_refused():
+    x, y = _batch()
+    model = normalized_mlp([20, 8, 5], None, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    before = [p.clone() for p in model.parameters()]
+    sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=0.0)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match=r"lr must be in \[0.0, inf\), got -0.1"):
+        sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=-0.1)
+    with pytest.raises(TypeError, match="needs a Sequential model, got Linear"):
+        sgd_step_fused(model.layers[0], torch.zeros(32, 8, dtype=torch.float64), lr=0.1)
+
+
+def test_fused_step_on_a_model_that_starts_with_dropout():
+    """sgd_step_fused stops where Sequential.backward stops: at the lowest layer with parameters."""
+    x, y = _batch()
+    g = torch.Generator().manual_seed(6)
+    _assert_one_fused_step_matches_plain(
+        Sequential(Dropout(0.2, generator=torch.Generator().manual_seed(7)),
+                   Linear(20, 16, generator=g, dtype=torch.float64), ReLU(),
+                   Linear(16, 5, generator=g, dtype=torch.float64)), x, y)
+
+
+# --- FusedAdamW: AdamW compiled into one loop per tensor -------------------------------------------
+
+def _adamw_run(opt, steps=12, shapes=((9, 4), (4,)), seed=3):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    for step in range(steps):
+        opt.lr = 1e-2 if step < steps // 2 else 4e-3          # a schedule: new scalars every step
+        opt.step(params, [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes])
+    return params
+
+
+def test_fused_adamw_compiles_once_whatever_the_learning_rate():
+    _adamw_run(FusedAdamW(1e-2, weight_decay=0.1), steps=1)         # compiles for these shapes
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    opt = FusedAdamW(1e-2, weight_decay=0.1)
+    after = _adamw_run(opt, steps=12)
+    assert opt.compile_error is None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert_parity(after, _adamw_run(AdamW(1e-2, weight_decay=0.1), steps=12), "FusedAdamW")
+
+
+def test_fused_adamw_warns_once_and_runs_uncompiled_where_compiling_fails(monkeypatch):
+    def no_compiler():
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(fast, "_compiled_adamw", no_compiler)
+    opt = FusedAdamW(1e-2, weight_decay=0.1)
+    with pytest.warns(RuntimeWarning, match=r"compiled update failed \(RuntimeError: no C\+\+ compiler"):
+        params = _adamw_run(opt)
+    assert isinstance(opt.compile_error, RuntimeError)
+    assert_parity(params, _adamw_run(AdamW(1e-2, weight_decay=0.1)), "uncompiled FusedAdamW")
+
+
+def test_fused_adamw_float32_matches_adamw():
+    g = torch.Generator().manual_seed(5)
+    shapes = [(30, 20), (20,), (20, 5), (5,)]
+    ours = [torch.randn(s, generator=g) for s in shapes]
+    plain = [p.clone() for p in ours]
+    fused_opt, plain_opt = FusedAdamW(3e-3), AdamW(3e-3)
+    for _ in range(20):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        fused_opt.step(ours, grads)
+        plain_opt.step(plain, grads)
+    assert fused_opt.compile_error is None
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [0, -1])
+def test_fast_norm_forward_matches_normalize_forward(dim):
+    g = torch.Generator().manual_seed(8)
+    x = 5 * torch.randn(13, 7, generator=g, dtype=torch.float64) - 3
+    gamma = 1 + 0.4 * torch.randn(7, generator=g, dtype=torch.float64)
+    beta = torch.randn(7, generator=g, dtype=torch.float64)
+    ref_out, ref_cache = normalize_forward(x, gamma, beta, dim)
+    out, cache = fast.normalize_forward_fast(x, gamma, beta, dim)
+    assert_parity([out, *cache[:5]], [ref_out, *ref_cache[:5]], f"normalize_forward_fast, dim {dim}")
+    if dim == -1:
+        out, cache = fast.layernorm_forward_fast(x, gamma, beta)
+        assert_parity([out, *cache[:5]], [ref_out, *ref_cache[:5]], "layernorm_forward_fast")
+    assert cache.dim == dim
