@@ -6,7 +6,7 @@ states of the random generators the layers declare), so a new kind of layer or c
 and restored without any change here.
 
 Format: one file written by ``torch.save`` holding only plain tensors, numbers, strings, lists and
-dicts, so that it loads with ``torch.load(path, weights_only=True)`` (no code is unpickled):
+dicts, so that it loads with ``torch.load(path, weights_only=True)`` (no code is unpickled)::
 
     {"format": "neuroforge-lit-checkpoint", "version": 2,
      "model": {"params": {"<path>.<name>": tensor, ...},     # model.state_dict()
