@@ -8,13 +8,6 @@ STAMP  := $(VENV)/.installed
 # The book's tooling (tangler, chapter runner) lives in tools/booktools, outside the package.
 BOOKTOOLS := PYTHONPATH=tools $(BIN)/python -m booktools
 
-# Executing the chapters: glibc's allocator is told to keep freed memory (1 GiB) instead of handing
-# it back to the system. The reference code makes fresh tensors every step, and on these machines
-# a fresh megabyte costs page faults; this takes about a quarter off a training epoch. It is a
-# setting of the build, not of the package (see the performance appendix, whose benchmark runs
-# in a process of its own without it).
-KEEP_FREED_MEMORY := GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_threshold=1073741824
-
 # The data: $NEUROFORGE_DATA_DIR if set; else ../shared/data beside the checkout, if there;
 # else the loader's cache folder (and a download through torchvision on a connected machine).
 ifeq ($(NEUROFORGE_DATA_DIR),)
@@ -47,14 +40,14 @@ test: check lint                 ## the tangle check, lint, the test suite, and 
 	$(BIN)/python tools/untested_exports.py
 
 book: tangle                     ## tangle, then execute every chapter and build _build/html
-	$(KEEP_FREED_MEMORY) $(BIN)/jupyter-book build . --keep-going -W
+	$(BIN)/jupyter-book build . --keep-going -W
 
 browser-test: setup               ## check the built HTML in headless Chromium (after make book)
 	$(BIN)/python tools/browser_check.py
 
 chapter: tangle                  ## execute one chapter alone: make chapter CH=03
 	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }
-	$(KEEP_FREED_MEMORY) $(BOOKTOOLS) chapter $(CH)
+	$(BOOKTOOLS) chapter $(CH)
 
 bench: setup                     ## print and save the benchmark figures (benchmarks/results/)
 	$(BIN)/python benchmarks/step_time.py

@@ -211,12 +211,11 @@ class Adam(Optimizer):
     def adam_step(self, p, g, state):
         """(eq-opt-adam-m) to (eq-opt-adam-update) for one parameter."""
         beta1, beta2 = self.betas
-        m = torch.lerp(state["m"], g, 1 - beta1)                   # (eq-opt-adam-m)
-        v = torch.lerp(state["v"], g * g, 1 - beta2)               # (eq-opt-adam-v)
+        m = state["m"].lerp_(g, 1 - beta1)                         # (eq-opt-adam-m)
+        v = state["v"].lerp_(g * g, 1 - beta2)                     # (eq-opt-adam-v)
         m_hat = m / (1 - beta1 ** self.t)                          # (eq-opt-adam-hat)
         v_hat = v / (1 - beta2 ** self.t)                          # (eq-opt-adam-hat)
         p -= self.lr * m_hat / (torch.sqrt(v_hat) + self.eps)      # (eq-opt-adam-update)
-        state["m"], state["v"] = m, v
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,
