@@ -86,9 +86,11 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     return normalize_forward(x, gamma, beta, dim=0, eps=eps)
 
 
-def running_stats_update(running_mean, running_var, cache: NormCache, momentum: float = 0.1):
-    """New (running_mean, running_var) after one training batch; the inputs are not modified."""
-    n = cache.xhat.shape[0]
+def running_stats_update(running_mean, running_var, cache: NormCache, momentum: float = 0.1,
+                         n: int | None = None):
+    """New (running_mean, running_var) after one training batch; the inputs are not modified.
+    n: how many examples the statistics came from (default: the rows of this batch)."""
+    n = cache.xhat.shape[0] if n is None else n
     mean, var = cache.mean.squeeze(0), cache.var.squeeze(0)
     new_mean = (1 - momentum) * running_mean + momentum * mean                   # (eq-bn-running)
     new_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)         # (eq-bn-running)

@@ -128,17 +128,19 @@ class GradientReport:
 
 
 def gradient_check(f, inputs: Mapping[str, torch.Tensor], hand: Mapping[str, torch.Tensor],
-                   dout: torch.Tensor | None = None, numerical: bool = True) -> GradientReport:
+                   dout: torch.Tensor | None = None, numerical: bool = True, h: float = 1e-6) -> GradientReport:
     """Compare hand-written gradients ``hand`` with autograd and (optionally) finite differences.
 
-    Use float64 and small shapes: finite differences cost two forward passes per element.
+    Use float64 and small shapes: finite differences cost two forward passes per element. Their
+    rounding error is about 1e-16 * |f| / h, so a function whose value is large against its
+    gradient (a loss near a constant) needs a larger step ``h``.
     """
     for k, v in inputs.items():
         if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float64:
             raise TypeError(f"gradient_check needs float64 inputs; {k!r} is {v.dtype}")
     wrt = list(hand)
     auto = autograd_grads(f, inputs, wrt, dout)
-    num = numerical_grads(f, inputs, wrt, dout) if numerical else None
+    num = numerical_grads(f, inputs, wrt, dout, h) if numerical else None
     report = GradientReport()
     for k in wrt:
         if hand[k].shape != inputs[k].shape:

@@ -1,4 +1,4 @@
-"""book/09_performance.md: every fast variant against the reference it replaces, in float64 to
+"""book/10_performance.md: every fast variant against the reference it replaces, in float64 to
 1e-12 relative: the fast layers and loss (alone and through speed_up), the in-place norm
 backwards, sgd_step_fused (the update folded into the backward pass) and FusedAdamW's compiling.
 The optimizers' agreement with torch.optim, resume and NaN policy run with the references' in

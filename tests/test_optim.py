@@ -1,5 +1,5 @@
 """Optimizers: step-for-step agreement with torch.optim, state save/restore, bad input, NaN policy.
-The references (book/02, book/04) and the performance appendix's variants (book/09) alike."""
+The references (book/02, book/04) and the performance appendix's variants (book/10) alike."""
 
 import io
 
@@ -35,7 +35,7 @@ CASES = [
     (lambda: AdamW(1e-2), torch.optim.AdamW, dict(lr=1e-2)),
     (lambda: AdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
-    (lambda: ForeachAdam(1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1), torch.optim.Adam,   # book/09
+    (lambda: ForeachAdam(1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1), torch.optim.Adam,   # book/10
      dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
     (lambda: ForeachAdamW(1e-2, betas=(0.8, 0.95), weight_decay=0.3), torch.optim.AdamW,
      dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.3)),
@@ -179,7 +179,7 @@ def test_loaded_state_moves_to_the_parameters_dtype(gen):
 @pytest.mark.parametrize("save,load", [(AdamW, FusedAdamW), (FusedAdamW, AdamW), (AdamW, ForeachAdamW),
                                        (ForeachAdamW, FusedAdamW), (Adam, ForeachAdam), (ForeachAdam, Adam)])
 def test_fast_and_reference_optimizers_load_each_others_state(save, load, gen):
-    """The appendix's variants (book/09) keep their reference's state_dict format, and a run
+    """The appendix's variants (book/10) keep their reference's state_dict format, and a run
     resumed by the other class stays on the same path (up to rounding)."""
     a, c, resumed = _interrupted(lambda: save(1e-2, weight_decay=0.1), load, gen)
     assert resumed.state_dict()["type"] == save().kind == load().kind

@@ -128,6 +128,12 @@ BAD = {
                                "cites equation 'eq-nowhere', which is not a labelled equation of any chapter"),
     "export in a plain fence": ("```python\n#| export neuroforge_lit.alpha\nx = 1\n```\n", "a.md:9",
                                 "plain 'python' fence"),
+    "main guard in a cell the notebook runs": (
+        cell("#| export neuroforge_lit.alpha\ndef main():\n    return 0\n\nif __name__ == '__main__':\n    main()"),
+        "a.md:13", "tag the cell ':tags: [skip-execution]'"),
+    "other if statement, even in a skipped cell": (
+        cell("#| export neuroforge_lit.alpha\nif True:\n    x = 1", options=":tags: [skip-execution]\n"),
+        "a.md:11", "this If statement would run when the module is imported"),
 }
 
 
@@ -210,3 +216,27 @@ def test_an_equation_of_an_earlier_chapter_may_be_cited(tmp_path):
     root = make_book(tmp_path, {**GOOD, "c": "# C\n\n" + body})
     T.tangle(root)
     assert "(eq-a-double)" in (root / "neuroforge_lit" / "gamma.py").read_text()
+
+
+def test_a_main_guard_in_a_skipped_cell_makes_the_module_a_command(tmp_path):
+    command = cell("""
+        #| export neuroforge_lit.alpha
+        import sys
+
+        def main():
+            print("ran as a command")
+        """) + "\n" + cell("""
+        #| export neuroforge_lit.alpha
+        if __name__ == "__main__":
+            sys.exit(main())
+        """, options=":tags: [skip-execution]\n")
+    root = make_book(tmp_path, {"a": "# A\n\n" + command})
+    T.tangle(root)
+    text = (root / "neuroforge_lit" / "alpha.py").read_text()
+    assert text.rstrip().endswith('if __name__ == "__main__":\n    sys.exit(main())')
+    imported = subprocess.run([sys.executable, "-c", "import neuroforge_lit.alpha"], cwd=root,
+                              capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0 and imported.stdout == ""          # importing runs nothing
+    run = subprocess.run([sys.executable, "-m", "neuroforge_lit.alpha"], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert run.stdout == "ran as a command\n"

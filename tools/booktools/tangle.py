@@ -61,6 +61,7 @@ class Cell:
     module: str       # e.g. "layers"
     code: str         # the cell's code without options and directive
     section: str = "" # the title of the chapter's heading above the cell
+    skip_execution: bool = False  # tagged skip-execution: the book shows it, the kernel skips it
 
 
 @dataclass
@@ -153,7 +154,8 @@ def chapter_cells(root: Path, chapter: str) -> tuple[list[Cell], set[str], list[
             continue
         directive_line = start + 1 + first
         module = _parse_directive(body[first].strip(), chapter, directive_line)
-        cells.append(Cell(chapter, directive_line + 1, module, "\n".join(body[first + 1:]), section))
+        skip = any("skip-execution" in option for option in body[:first])
+        cells.append(Cell(chapter, directive_line + 1, module, "\n".join(body[first + 1:]), section, skip))
     return cells, labels, code_cells
 
 
@@ -206,6 +208,15 @@ ALLOWED_TOP_LEVEL = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.As
                      ast.Import, ast.ImportFrom)
 
 
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``, which makes a module runnable with ``python -m``."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and not node.orelse and isinstance(test, ast.Compare) \
+        and isinstance(test.left, ast.Name) and test.left.id == "__name__" \
+        and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1 \
+        and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__"
+
+
 def _split_cell(cell: Cell, tree: ast.Module):
     """(import statements, [(chapter line, code line)] of the rest, [(name, chapter line)] defined)."""
     lines = cell.code.splitlines()
@@ -220,6 +231,10 @@ def _split_cell(cell: Cell, tree: ast.Module):
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
                 and isinstance(node.value.value, str):
             continue  # a docstring-like string: harmless
+        elif _is_main_guard(node):
+            if not cell.skip_execution:
+                raise TangleError(f"{where}: in a notebook __name__ is '__main__' too, so this block would "
+                                  "run when the chapter executes: tag the cell ':tags: [skip-execution]'")
         elif not isinstance(node, ALLOWED_TOP_LEVEL):
             raise TangleError(f"{where}: exported cells may only define things (def, class, "
                               f"assignment, import); this {type(node).__name__} statement would "

@@ -1,0 +1,207 @@
+"""book/09_parallel.md: data parallelism, synchronized batch norm and the expert-parallel MoE on
+real torch.distributed process groups (gloo, CPU), against the single-process layers; failures that
+name their rank and leave no process behind; the command, also under torchrun.
+
+Tests that start processes spawn fresh interpreters (a few seconds each on two cores)."""
+
+import multiprocessing
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+import torch
+
+import neuroforge_lit.parallel as parallel
+from neuroforge_lit.layers import mlp
+from neuroforge_lit.optim import AdamW
+from neuroforge_lit.training import fit
+
+TOLERANCE = 1e-12
+
+
+def _largest(gaps: dict) -> float:
+    return max(v for quantities in gaps.values() for v in (quantities.values() if isinstance(quantities, dict)
+                                                           else [quantities]))
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    yield
+    assert not multiprocessing.active_children(), "a test left processes running"
+
+
+# --- without a process group: the single-process path is the ordinary one ------------------------
+
+@pytest.mark.parametrize("n, world_size", [(11, 3), (10, 2), (3, 3), (7, 1), (2, 3)])
+def test_shard_covers_every_row_once_in_blocks_that_differ_by_at_most_one(n, world_size):
+    blocks = [parallel.shard(n, world_size, r) for r in range(world_size)]
+    rows = [i for b in blocks for i in range(n)[b]]
+    assert rows == list(range(n))
+    sizes = [b.stop - b.start for b in blocks]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_refuses_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match=r"rank must lie in \[0, 2\), got 2"):
+        parallel.shard(5, 2, 2)
+
+
+def test_every_check_passes_in_this_process_alone():
+    assert parallel.world() == (0, 1)
+    assert _largest(parallel.run_checks(seed=3)) <= TOLERANCE
+
+
+def test_fit_data_parallel_alone_is_fit():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, dtype=torch.float64, generator=g), torch.randint(0, 3, (50,), generator=g)
+    models = [mlp([6, 8, 3], generator=torch.Generator().manual_seed(1), dtype=torch.float64) for _ in range(2)]
+    ours = parallel.fit_data_parallel(models[0], AdamW(0.01), x, y, epochs=2, batch_size=16, seed=4)
+    theirs = fit(models[1], AdamW(0.01), x, y, epochs=2, batch_size=16, seed=4, log=None)
+    assert len(ours.step_loss) == len(theirs.step_loss) == 8
+    assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(ours.step_loss, theirs.step_loss))  # fit keeps float32
+    assert all(torch.allclose(p, q, rtol=1e-12, atol=0) for p, q in zip(models[0].parameters(), models[1].parameters()))
+
+
+def test_train_mnist_alone_learns(mnist_available):
+    result = parallel.train_mnist(epochs=1, batch_size=500, lr=0.5)
+    assert result["processes"] == 1 and len(result["history"].step_loss) == 120
+    assert result["test"]["accuracy"] > 0.9
+
+
+def test_measurements_alone():
+    profile = parallel.moe_routing_profile(30, n_experts=3, k=2, d=8, steps=2)
+    assert sum(profile["examples per expert"]) == 60 and profile["bytes"] == {}   # nothing sent alone
+    timing = parallel.time_data_parallel(global_batch=16, steps=2, sizes=(8, 4, 3))
+    assert timing["ms per step"] > 0 and timing["bytes"] == {}
+
+
+def test_fail_on_rank_alone():
+    with pytest.raises(ValueError, match="process 0 met bad input"):
+        parallel.fail_on_rank(0)
+    assert parallel.fail_on_rank(1) is None              # alone, the all-reduce has no partner to wait for
+
+
+def test_launch_refuses_a_function_it_cannot_send(monkeypatch):
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))   # a notebook's
+    notebook_function = types.FunctionType(parallel.world.__code__, {}, "in_a_notebook")
+    notebook_function.__module__ = "__main__"
+    with pytest.raises(ValueError, match="in_a_notebook is defined in a notebook"):
+        parallel.launch(notebook_function, 2)
+    with pytest.raises(ValueError, match="world_size must be at least 1, got 0"):
+        parallel.launch(parallel.world, 0)
+
+
+def test_a_group_of_one_runs_the_function_and_sends_back_its_result():
+    results = multiprocessing.get_context("spawn").SimpleQueue()
+    parallel._process_main(0, 1, parallel._free_port(), "gloo", 30, parallel.world, (), results)
+    rank, ok, value = results.get()
+    assert (rank, ok) == (0, True) and parallel.pickle.loads(value) == (0, 1)
+    assert not torch.distributed.is_initialized()
+
+
+def test_sync_batch_norm_needs_two_examples_and_keeps_eval_mode():
+    from neuroforge_lit.norm import BatchNorm1d
+    layer = parallel.synchronize_batch_norm(BatchNorm1d(3, dtype=torch.float64))
+    assert type(layer) is parallel.SyncBatchNorm1d
+    with pytest.raises(ValueError, match="at least 2 examples over all processes, got 1"):
+        layer.forward(torch.randn(1, 3, dtype=torch.float64))
+    layer.eval()
+    out = layer.forward(torch.ones(2, 3, dtype=torch.float64))
+    assert layer.backward(torch.ones_like(out)).shape == (2, 3)
+
+
+def test_expert_parallel_moe_needs_an_expert_per_process():
+    from neuroforge_lit.moe import MoE
+    layer = parallel.ExpertParallelMoE(MoE(4, 3, 2, 1, 5))
+    assert list(layer.children()) == ["expert0", "expert1"] and layer.owners == [0, 0]
+    assert layer.forward(torch.randn(6, 4)).shape == (6, 3)
+    assert layer.backward(torch.ones(6, 3), input_grad=False) is None
+
+
+# --- real process groups ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_every_check_passes_across_processes(world_size):
+    per_rank = parallel.launch(parallel.run_checks, world_size, 0, timeout=60)
+    assert per_rank[0] == per_rank[-1]                   # the largest gaps, agreed by all processes
+    assert set(per_rank[0]) == set(parallel.CHECKS)
+    assert _largest(per_rank[0]) <= TOLERANCE, per_rank[0]
+
+
+def test_experts_spread_unevenly_and_processes_that_receive_nothing():
+    # 4 experts over 3 processes (2, 1, 1); experts 2 and 3 get no example, so processes 1 and 2
+    # receive no rows at all and still take part in every all-to-all.
+    per_rank = parallel.launch(parallel.check_expert_parallel, 3, 0, 2, 4, 2, timeout=60)
+    assert max(_largest(gaps) for gaps in per_rank) <= TOLERANCE
+
+
+def _mutant_checks(mutant: str) -> dict:
+    """The checks, in a process whose module has one derivation broken on purpose."""
+    if mutant == "all-to-all backward with the rows in the wrong order":
+        right = parallel.all_to_all_backward
+        parallel.all_to_all_backward = lambda dout, cache: right(dout, cache).flip(0)
+        return parallel.check_expert_parallel(0, 2)
+    if mutant == "shard gradients averaged, not weighted by shard size":
+        parallel.data_parallel_step.__defaults__ = (lambda out, y: _mean_of_means_loss(out, y),)
+        return parallel.check_data_parallel(0)
+    if mutant == "batch norm backward with this process's sums only":
+        parallel.all_reduce_sum = lambda t: t.clone() if t.ndim == 2 and len(t) == 2 else _reduce(t)
+        return parallel.check_sync_batchnorm(0)
+    raise ValueError(mutant)
+
+
+def _reduce(t):
+    total = t.clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def _mean_of_means_loss(out, y):
+    """softmax_cross_entropy rescaled so that, after the share of (eq-dp-share), every process
+    counts 1/d: the plain average of the processes' mean gradients."""
+    from neuroforge_lit.losses import softmax_cross_entropy
+    loss, dlogits = softmax_cross_entropy(out, y)
+    n_global = 11                                        # check_data_parallel's batch
+    return loss, dlogits * (n_global / len(y)) / parallel.world()[1]
+
+
+@pytest.mark.parametrize("mutant", ["all-to-all backward with the rows in the wrong order",
+                                    "shard gradients averaged, not weighted by shard size",
+                                    "batch norm backward with this process's sums only"])
+def test_each_check_catches_its_broken_derivation(mutant):
+    per_rank = parallel.launch(_mutant_checks, 3, mutant, timeout=60)
+    assert max(_largest(gaps) for gaps in per_rank) > 1e-3
+
+
+def test_a_failing_process_is_named_and_no_process_is_left():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^process of rank 1 failed: ValueError: process 1 met bad input"):
+        parallel.launch(parallel.fail_on_rank, 3, 1, timeout=60)
+    assert time.monotonic() - start < 30                 # not the collective's 60 s timeout
+
+
+def _sleep_forever():
+    time.sleep(3600)
+
+
+def test_a_run_past_its_deadline_is_stopped():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"processes \[0, 1\] of 2 still running after 3 s"):
+        parallel.launch(_sleep_forever, 2, timeout=1.5)
+    assert time.monotonic() - start < 20
+
+
+def test_the_command_exits_non_zero_on_a_mismatch(capsys):
+    assert parallel.main(["check", "--world-size", "1", "--tolerance", "-1"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("MISMATCH") == 4 and "FAILED: 0 of 4 checks" in out
+
+
+def test_the_command_under_torchrun():
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "neuroforge_lit.parallel", "check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "passed: 4 of 4 checks within 1e-12, 2 processes (gloo)" in done.stdout
