@@ -101,7 +101,7 @@ def _free_port() -> int:
 
 
 def _process_main(rank, world_size, port, backend, timeout, fn, args, results):
-    """What each started process runs: join the group, run fn(*args), send back what it returned."""
+    """What each started process runs: join the group, run ``fn(*args)``, send back its result."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     os.environ["LOCAL_RANK"] = str(rank)
     if backend == "nccl":
@@ -118,8 +118,8 @@ def _process_main(rank, world_size, port, backend, timeout, fn, args, results):
 
 
 def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0) -> list:
-    """Run fn(*args) in `world_size` new processes joined in one process group; return what each
-    returned, by rank.
+    """Run ``fn(*args)`` in `world_size` new processes joined in one process group; return what
+    each returned, by rank.
 
     If a process fails, the others are stopped and a RuntimeError names its rank and its error. A
     collective waits at most `timeout` seconds and the whole run at most 2 * timeout; then every

@@ -132,7 +132,7 @@ def gradient_check(f, inputs: Mapping[str, torch.Tensor], hand: Mapping[str, tor
     """Compare hand-written gradients ``hand`` with autograd and (optionally) finite differences.
 
     Use float64 and small shapes: finite differences cost two forward passes per element. Their
-    rounding error is about 1e-16 * |f| / h, so a function whose value is large against its
+    rounding error is about ``1e-16 * abs(f) / h``, so a function whose value is large against its
     gradient (a loss near a constant) needs a larger step ``h``.
     """
     for k, v in inputs.items():
