@@ -5,16 +5,17 @@ Two kinds of module live here, told apart by their first line:
 * generated from the book's chapters by ``make tangle`` (they start with ``# GENERATED``; never
   edit them, edit the chapter): ``logistic``, ``layers``, ``losses``, ``optim``, ``training`` and
   one module per later chapter, ``fast`` (the performance appendix's opt-in variants) among them;
-* hand-written, listed in ``HAND_WRITTEN_MODULES`` below: ``checkpoint``, ``data`` (MNIST loading
-  with checksums), ``files`` (atomic writes) and ``testing`` (the autograd and finite-difference
+* hand-written, listed in ``HAND_WRITTEN_MODULES`` below: ``about`` (version, commit, torch and
+  device: ``python -m neuroforge_lit --version``), ``checkpoint``, ``data`` (MNIST loading with
+  checksums), ``files`` (atomic writes) and ``testing`` (the autograd and finite-difference
   oracles).
 
 No module except ``testing`` uses autograd: every backward pass is written by hand. The tooling
 that turns the book into these modules lives beside the book (``tools/booktools``), not here.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"   # the one place the version is written: pyproject.toml and the book read it
 
-HAND_WRITTEN_MODULES = ("checkpoint", "data", "files", "testing")
+HAND_WRITTEN_MODULES = ("about", "checkpoint", "data", "files", "testing")
 """The package's modules that are not generated from the book (the tests check this list against
 the files: every other module carries the generated header)."""

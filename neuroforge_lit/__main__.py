@@ -1,8 +1,16 @@
-"""``python -m neuroforge_lit``: which package is installed, and what it runs on. Hand-written."""
+"""``python -m neuroforge_lit [--version]``: which package is installed, and what it runs on.
+Hand-written."""
 
-import torch
+import argparse
 
-import neuroforge_lit
+from neuroforge_lit.about import about
 
-print(f"neuroforge-lit {neuroforge_lit.__version__} (torch {torch.__version__}, "
-      f"{'CUDA ' + torch.version.cuda if torch.cuda.is_available() else 'CPU'})")
+parser = argparse.ArgumentParser(prog="python -m neuroforge_lit",
+                                 description="Which neuroforge-lit is installed, and what it runs on.")
+parser.add_argument("--version", action="store_true", help="print only the version and the commit")
+args = parser.parse_args()
+facts = about()
+if args.version:
+    print(f"neuroforge-lit {facts['version']} (commit {facts['commit']})")
+else:
+    print("\n".join(f"{name:<8} {value}" for name, value in facts.items()))

@@ -1,6 +1,7 @@
 """The package as a user gets it: a wheel that holds the runtime modules and nothing of the book's
 tooling, declares only runtime dependencies, and imports cleanly in a fresh interpreter."""
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -35,6 +36,8 @@ def test_wheel_holds_the_runtime_package_only_and_imports(tmp_path):
     assert {n[len("neuroforge_lit/"):] for n in names if n.startswith("neuroforge_lit/")} == expected
     assert not any(n.startswith(("tests/", "book/", "tools/", "booktools/")) for n in names)
     assert not any(n.endswith("entry_points.txt") for n in names)       # no book command installed
+    assert metadata["Version"] == neuroforge_lit.__version__              # one version, single-sourced
+    assert metadata["License-Expression"] == "MIT" and any(n.endswith("licenses/LICENSE") for n in names)
     required = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
     assert sorted(r.split(">")[0].split("=")[0].strip() for r in required) == ["numpy", "torch", "tqdm"]
     # Import every module from the unpacked wheel, in a fresh interpreter, away from the checkout.
@@ -51,3 +54,28 @@ def test_wheel_holds_the_runtime_package_only_and_imports(tmp_path):
     assert where.startswith(str(tmp_path / "site"))
     assert book_parsers == "[]"
     assert "Failed to initialize NumPy" not in out.stderr
+
+
+def test_version_command_names_the_version_and_the_checkout_commit():
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+    out = subprocess.run([sys.executable, "-m", "neuroforge_lit", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"neuroforge-lit {neuroforge_lit.__version__} (commit {head}")
+    full = subprocess.run([sys.executable, "-m", "neuroforge_lit"], capture_output=True, text=True, timeout=120)
+    assert [line.split()[0] for line in full.stdout.splitlines()] == ["version", "commit", "torch", "device", "python"]
+
+
+def test_commit_of_a_package_installed_from_git_is_the_one_pip_recorded(monkeypatch):
+    from neuroforge_lit import about
+
+    class Installed:
+        def read_text(self, name):
+            assert name == "direct_url.json"
+            return json.dumps({"url": "https://example.invalid/nf.git",
+                               "vcs_info": {"vcs": "git", "commit_id": "ab" * 20}})
+
+    monkeypatch.setattr(about.metadata, "distribution", lambda name: Installed())
+    assert about.commit() == "ab" * 6
+    assert about.about()["commit"] == "ab" * 6

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlparse
 
 from playwright.sync_api import sync_playwright
 
+import neuroforge_lit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from booktools.tangle import toc_chapters  # noqa: E402
@@ -49,7 +51,16 @@ def check_page(pg, html: Path, page: Path, search_index: str, ids_cache: dict, s
         links: Array.from(document.querySelectorAll('main a[href], nav a[href]')).map(a => a.getAttribute('href')),
         unresolved_math: Array.from(document.querySelectorAll('main .math'))
             .filter(e => !e.querySelector('mjx-container')).length,
+        provenance: (document.querySelector('.nf-provenance') || {}).innerText || '',
+        code_links: document.querySelectorAll('main a.nf-eqref').length,
+        backlinks: document.querySelectorAll('main p.nf-implemented-by a').length,
+        exported: document.querySelectorAll('main p.nf-export-label').length,
     })""")
+    if stats["exported"] and not (stats["code_links"] and stats["backlinks"]):
+        problems.append(f"exported code but {stats['code_links']} equation links in code and "
+                        f"{stats['backlinks']} links back from equations")
+    if f"neuroforge-lit {neuroforge_lit.__version__} (commit " not in stats["provenance"]:
+        problems.append(f"no footer naming the package that ran the page: {stats['provenance']!r}")
     if console:
         problems.append(f"console errors: {console[:3]}")
     if stats["math_errors"]:

@@ -13,6 +13,15 @@ script is removed from each page.
 The theme's template gets a default colour mode ("auto"), without which its script logs an
 error on every page.
 
+**Equations and code, linked both ways.** A ``# (eq-...)`` citation in a rendered code cell links
+to its equation, on whichever page it is; under every labelled equation that exported code
+implements, a line links back to the definitions that cite it (their exported cells carry anchors
+``nf-def-<name>``).
+
+**Which package ran this page.** Every page's footer names the package version and commit,
+torch and the device that executed the book, and the build date (``neuroforge_lit.about``), so a
+reader can compare it with ``python -m neuroforge_lit --version``.
+
 **Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
 ``neuroforge_lit``) would be served stale outputs. So, as Sphinx reads each chapter, this extension
@@ -29,15 +38,22 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 import shutil
 import sys
+from datetime import datetime, timezone
+from html import escape
 from pathlib import Path
 
 from docutils import nodes
 from sphinx import addnodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
-from booktools.tangle import DIRECTIVE, MODULE_NAME, chapter_dependencies  # noqa: E402
+from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, chapter_dependencies  # noqa: E402
+
+CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
+MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="equation-(eq-[A-Za-z0-9_-]+)">.*?</div>)',
+                        re.DOTALL)
 
 
 def _code_fingerprint(path: Path) -> str:
@@ -82,6 +98,21 @@ def _exported_names(code: str) -> list[str]:
     return names
 
 
+def _citations_by_definition(code: str) -> dict[str, set[str]]:
+    """{top-level def or class name: the equation labels cited in its lines} of an exported cell."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    lines = code.splitlines()
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            text = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            found[node.name] = set(EQ_CITATION.findall(text))
+    return found
+
+
 def _label_exported_cells(app, doctree) -> None:
     for block in list(doctree.findall(nodes.literal_block)):
         cell_input = block.parent
@@ -93,6 +124,10 @@ def _label_exported_cells(app, doctree) -> None:
             continue  # not an export (the tangler reports malformed directives)
         module = m.group(2).strip()
         label = nodes.paragraph(classes=["nf-export-label"])
+        for name, labels in _citations_by_definition(code).items():
+            label["ids"].append(f"nf-def-{name}")
+            for eq in labels:
+                app.env.nf_implementers.setdefault(eq, set()).add((app.env.docname, name))
         label += nodes.Text("exported to ")
         label += nodes.literal(text=module)
         names = _exported_names(code)
@@ -117,6 +152,64 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree) -> N
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(executed, target)
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
+
+
+def _record_provenance(app) -> None:
+    from neuroforge_lit.about import about     # the package the chapters import: installed -e here
+
+    facts = about()
+    built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    app.env.nf_footer = (
+        f'<p class="nf-provenance">Built {built} with neuroforge-lit {escape(facts["version"])} '
+        f'(commit <code>{escape(facts["commit"])}</code>), torch {escape(facts["torch"])}, on '
+        f'{escape(facts["device"])}. Yours: <code>python -m neuroforge_lit --version</code>.</p>')
+
+
+def _init_implementers(app, env, docnames) -> None:
+    if not hasattr(env, "nf_implementers"):
+        env.nf_implementers = {}                       # equation label -> {(docname, definition)}
+
+
+def _purge_implementers(app, env, docname) -> None:
+    for found in getattr(env, "nf_implementers", {}).values():
+        found -= {entry for entry in found if entry[0] == docname}
+
+
+def _merge_implementers(app, env, docnames, other) -> None:
+    for eq, found in getattr(other, "nf_implementers", {}).items():
+        env.nf_implementers.setdefault(eq, set()).update(entry for entry in found if entry[0] in docnames)
+
+
+def _link_equations_and_code(app, pagename, templatename, context, doctree) -> None:
+    """Citations in code cells -> their equations; labelled equations -> the code that cites them."""
+    body = context.get("body")
+    if not body or doctree is None:
+        return
+    equations = app.env.get_domain("math").equations       # label -> (docname, number)
+
+    def uri(docname: str, anchor: str) -> str:
+        page = "" if docname == pagename else app.builder.get_relative_uri(pagename, docname)
+        return f"{page}#{anchor}"
+
+    def link_citations(comment: re.Match) -> str:
+        return EQ_CITATION.sub(lambda eq: f'<a class="nf-eqref" href="{uri(equations[eq[0]][0], "equation-" + eq[0])}">'
+                               f'{eq[0]}</a>' if eq[0] in equations else eq[0], comment[0])
+
+    body = CODE_COMMENT.sub(link_citations, body)
+
+    def add_backlink(math: re.Match) -> str:
+        found = sorted(app.env.nf_implementers.get(math[2], ()))
+        if not found:
+            return math[0]
+        links = ", ".join(f'<a href="{uri(doc, "nf-def-" + name)}"><code>{name}</code></a>' for doc, name in found)
+        return f'{math[0]}\n<p class="nf-implemented-by">implemented by {links}</p>'
+
+    context["body"] = MATH_BLOCK.sub(add_backlink, body)
+
+
+def _provenance_footer(app, pagename, templatename, context, doctree) -> None:
+    """The theme prints `theme_extra_footer` under every page's footer."""
+    context["theme_extra_footer"] = getattr(app.env, "nf_footer", "")
 
 
 def _default_colour_mode(app, pagename, templatename, context, doctree) -> None:
@@ -145,6 +238,12 @@ def _drop_repeated_inline_scripts(app, exception) -> None:
 
 
 def setup(app):
+    app.connect("env-before-read-docs", _init_implementers)
+    app.connect("env-purge-doc", _purge_implementers)
+    app.connect("env-merge-info", _merge_implementers)
+    app.connect("html-page-context", _link_equations_and_code)
+    app.connect("builder-inited", _record_provenance)
+    app.connect("html-page-context", _provenance_footer)
     app.connect("html-page-context", _default_colour_mode, priority=900)
     app.connect("build-finished", _drop_repeated_inline_scripts)
     app.connect("source-read", _add_dependency_cell)
