@@ -52,13 +52,13 @@ def check_page(pg, html: Path, page: Path, search_index: str, ids_cache: dict, s
         unresolved_math: Array.from(document.querySelectorAll('main .math'))
             .filter(e => !e.querySelector('mjx-container')).length,
         provenance: (document.querySelector('.nf-provenance') || {}).innerText || '',
-        code_links: document.querySelectorAll('main a.nf-eqref').length,
+        unlinked_citations: Array.from(document.querySelectorAll('main span.c1'))
+            .filter(c => /\beq-[A-Za-z0-9_-]+/.test(c.textContent) && !c.querySelector('a.nf-eqref'))
+            .map(c => c.textContent).slice(0, 3),
         backlinks: document.querySelectorAll('main p.nf-implemented-by a').length,
-        exported: document.querySelectorAll('main p.nf-export-label').length,
     })""")
-    if stats["exported"] and not (stats["code_links"] and stats["backlinks"]):
-        problems.append(f"exported code but {stats['code_links']} equation links in code and "
-                        f"{stats['backlinks']} links back from equations")
+    if stats["unlinked_citations"]:
+        problems.append(f"equation citations in code that link nowhere: {stats['unlinked_citations']}")
     if f"neuroforge-lit {neuroforge_lit.__version__} (commit " not in stats["provenance"]:
         problems.append(f"no footer naming the package that ran the page: {stats['provenance']!r}")
     if console:
@@ -88,7 +88,8 @@ def check_page(pg, html: Path, page: Path, search_index: str, ids_cache: dict, s
         problems.append(f"no search index entry for {docname}")
     shots.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(shots / (docname.replace("/", "_") + ".png")), full_page=True)
-    return {"equations": stats["equations"], "images": len(stats["images"]), "links": internal}, problems
+    return {"equations": stats["equations"], "images": len(stats["images"]), "links": internal,
+            "backlinks": stats["backlinks"]}, problems
 
 
 def main() -> int:
@@ -101,7 +102,7 @@ def main() -> int:
     pages += [html / "book" / "results.html", html / "book" / "api.html"]
     pages = list(dict.fromkeys(p for p in pages if p.suffix == ".html"))
     search_index = (html / "searchindex.js").read_text(encoding="utf-8")
-    totals, failed, ids_cache = {"equations": 0, "images": 0, "links": 0}, 0, {}
+    totals, failed, ids_cache = {"equations": 0, "images": 0, "links": 0, "backlinks": 0}, 0, {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         for page in pages:
@@ -120,7 +121,11 @@ def main() -> int:
                   f"{stats['links']} internal links" + "".join(f"\n     - {p}" for p in problems))
         browser.close()
     print(f"checked {len(pages)} pages: {totals['equations']} equations, {totals['images']} images, "
-          f"{totals['links']} internal links; screenshots in {args.shots}")
+          f"{totals['links']} internal links, {totals['backlinks']} links from equations to code; "
+          f"screenshots in {args.shots}")
+    if not totals["backlinks"]:
+        print("FAIL no equation links back to the code that implements it")
+        failed += 1
     print(f"browser: {len(pages) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

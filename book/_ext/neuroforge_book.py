@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the b
 from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, chapter_dependencies  # noqa: E402
 
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
-MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="equation-(eq-[A-Za-z0-9_-]+)">.*?</div>)',
+MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equation-eq-[a-z0-9-]+)">.*?</div>)',
                         re.DOTALL)
 
 
@@ -186,19 +186,22 @@ def _link_equations_and_code(app, pagename, templatename, context, doctree) -> N
     if not body or doctree is None:
         return
     equations = app.env.get_domain("math").equations       # label -> (docname, number)
+    # An equation's HTML id is docutils' normalised form of "equation-<label>" (lower case).
+    implementers = {nodes.make_id(f"equation-{eq}"): found for eq, found in app.env.nf_implementers.items()}
 
     def uri(docname: str, anchor: str) -> str:
         page = "" if docname == pagename else app.builder.get_relative_uri(pagename, docname)
         return f"{page}#{anchor}"
 
-    def link_citations(comment: re.Match) -> str:
-        return EQ_CITATION.sub(lambda eq: f'<a class="nf-eqref" href="{uri(equations[eq[0]][0], "equation-" + eq[0])}">'
-                               f'{eq[0]}</a>' if eq[0] in equations else eq[0], comment[0])
+    def link(eq: re.Match) -> str:
+        if eq[0] not in equations:
+            return eq[0]
+        return f'<a class="nf-eqref" href="{uri(equations[eq[0]][0], nodes.make_id("equation-" + eq[0]))}">{eq[0]}</a>'
 
-    body = CODE_COMMENT.sub(link_citations, body)
+    body = CODE_COMMENT.sub(lambda comment: EQ_CITATION.sub(link, comment[0]), body)
 
     def add_backlink(math: re.Match) -> str:
-        found = sorted(app.env.nf_implementers.get(math[2], ()))
+        found = sorted(implementers.get(math[2], ()))
         if not found:
             return math[0]
         links = ", ".join(f'<a href="{uri(doc, "nf-def-" + name)}"><code>{name}</code></a>' for doc, name in found)
