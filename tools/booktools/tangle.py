@@ -210,11 +210,7 @@ ALLOWED_TOP_LEVEL = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.As
 
 def _is_main_guard(node: ast.stmt) -> bool:
     """``if __name__ == "__main__":``, which makes a module runnable with ``python -m``."""
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and not node.orelse and isinstance(test, ast.Compare) \
-        and isinstance(test.left, ast.Name) and test.left.id == "__name__" \
-        and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1 \
-        and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__"
+    return isinstance(node, ast.If) and not node.orelse and ast.unparse(node.test) == "__name__ == '__main__'"
 
 
 def _split_cell(cell: Cell, tree: ast.Module):
