@@ -16,6 +16,15 @@ export NEUROFORGE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
+# QUICK=1 (make chapter CH=06 QUICK=1, make book QUICK=1): every cell and every gradient check, the
+# experiments on a small budget (neuroforge_lit.quick). A quick book goes to _build/quick, apart from
+# the real one, and the real build refuses any page that carries quick figures.
+BOOK_OUT := .
+ifneq ($(filter-out 0,$(QUICK)),)
+export NEUROFORGE_QUICK := 1
+BOOK_OUT := _build/quick
+endif
+
 .PHONY: setup tangle check test lint book chapter browser-test bench clean
 
 setup: $(STAMP)
@@ -40,12 +49,12 @@ test: check lint                 ## the tangle check, lint, the test suite, and 
 	$(BIN)/python tools/untested_exports.py
 
 book: tangle                     ## tangle, then execute every chapter and build _build/html
-	$(BIN)/jupyter-book build . --keep-going -W
+	$(BIN)/jupyter-book build . --keep-going -W --path-output $(BOOK_OUT)
 
 browser-test: setup               ## check the built HTML in headless Chromium (after make book)
 	$(BIN)/python tools/browser_check.py
 
-chapter: tangle                  ## execute one chapter alone: make chapter CH=03
+chapter: tangle                  ## execute one chapter alone: make chapter CH=03 [QUICK=1]
 	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }
 	$(BOOKTOOLS) chapter $(CH)
 

@@ -7,8 +7,8 @@ Two kinds of module live here, told apart by their first line:
   one module per later chapter, ``fast`` (the performance appendix's opt-in variants) among them;
 * hand-written, listed in ``HAND_WRITTEN_MODULES`` below: ``about`` (version, commit, torch and
   device: ``python -m neuroforge_lit --version``), ``checkpoint``, ``data`` (MNIST loading with
-  checksums), ``files`` (atomic writes) and ``testing`` (the autograd and finite-difference
-  oracles).
+  checksums), ``files`` (atomic writes), ``quick`` (the small budgets of a quick run of the book)
+  and ``testing`` (the autograd and finite-difference oracles, and the mutants that test them).
 
 No module except ``testing`` uses autograd: every backward pass is written by hand. The tooling
 that turns the book into these modules lives beside the book (``tools/booktools``), not here.
@@ -16,6 +16,6 @@ that turns the book into these modules lives beside the book (``tools/booktools`
 
 __version__ = "0.1.0"   # the one place the version is written: pyproject.toml and the book read it
 
-HAND_WRITTEN_MODULES = ("about", "checkpoint", "data", "files", "testing")
+HAND_WRITTEN_MODULES = ("about", "checkpoint", "data", "files", "quick", "testing")
 """The package's modules that are not generated from the book (the tests check this list against
 the files: every other module carries the generated header)."""

@@ -31,3 +31,23 @@ def mnist_available():
         pytest.skip("the real MNIST is not available here: set NEUROFORGE_DATA_DIR "
                     "(CI sets it to ../shared/data)")
     return True
+
+
+def assert_tensors_equal(actual, expected, what: str) -> None:
+    """Bit-for-bit equality of two sequences of tensors (or of two dicts of them), with a message
+    that names ``what`` was compared, the first entry that differs, and by how much."""
+    if isinstance(actual, dict):
+        assert actual.keys() == expected.keys(), f"{what}: keys {sorted(actual)} != {sorted(expected)}"
+        keys, actual, expected = list(actual), list(actual.values()), [expected[k] for k in actual]
+    else:
+        actual, expected = list(actual), list(expected)
+        keys = list(range(len(actual)))
+    assert len(actual) == len(expected), f"{what}: {len(actual)} tensors, expected {len(expected)}"
+    for key, a, b in zip(keys, actual, expected):
+        if torch.equal(a, b):
+            continue
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise AssertionError(f"{what}, entry {key!r}: shape {tuple(a.shape)} {a.dtype}, "
+                                 f"expected {tuple(b.shape)} {b.dtype}")
+        gap = (a.double() - b.double()).abs().nan_to_num(float("inf")).max().item()
+        raise AssertionError(f"{what}, entry {key!r} differs: largest difference {gap:.3e} (expected bit-identical)")

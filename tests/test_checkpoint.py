@@ -12,6 +12,8 @@ from neuroforge_lit.norm import BatchNorm1d
 from neuroforge_lit.optim import SGD, AdamW, GradientDescent
 from neuroforge_lit.training import fit
 
+from conftest import assert_tensors_equal
+
 
 def model_and_optimizer(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -38,7 +40,7 @@ def test_round_trip_restores_params_buffers_optimizer_and_extra(tmp_path):
     fresh, fresh_opt = model_and_optimizer(seed=5)
     extra = load_checkpoint(tmp_path / "a.pt", fresh, fresh_opt)
     assert extra == {"epoch": 2, "note": "hi"}
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert_tensors_equal(model.parameters(), fresh.parameters(), "model.parameters() vs fresh.parameters()")
     assert torch.equal(model.layers[1].buffers["running_var"], fresh.layers[1].buffers["running_var"])
     assert torch.equal(model.layers[3].generators["mask"].get_state(), fresh.layers[3].generators["mask"].get_state())
     assert fresh_opt.t == opt.t
@@ -59,7 +61,7 @@ def test_resumed_training_is_bit_identical(tmp_path):
     resumed, opt2 = model_and_optimizer(seed=7)          # different init: everything must come from the file
     load_checkpoint(tmp_path / "mid.pt", resumed, opt2)
     train(resumed, opt2, 1)
-    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+    assert_tensors_equal(straight.parameters(), resumed.parameters(), "straight.parameters() vs resumed.parameters()")
     assert torch.equal(straight.layers[1].buffers["running_mean"], resumed.layers[1].buffers["running_mean"])
 
 
@@ -102,7 +104,7 @@ def test_damaged_file_is_a_clear_error_and_changes_nothing(tmp_path, damage):
     before = [p.clone() for p in fresh.parameters()]
     with pytest.raises(CheckpointError, match=str(path)):
         load_checkpoint(path, fresh, fresh_opt)
-    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+    assert_tensors_equal(before, fresh.parameters(), "before vs fresh.parameters()")
 
 
 def test_missing_file_and_mismatched_model(tmp_path):
@@ -127,7 +129,7 @@ def test_optimizer_that_does_not_fit_changes_nothing(tmp_path):
     before = [p.clone() for p in target.parameters()]
     with pytest.raises(CheckpointError, match="optimizer: state_dict is for AdamW, not SGD"):
         load_checkpoint(tmp_path / "m.pt", target, SGD(0.1))
-    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+    assert_tensors_equal(before, target.parameters(), "before vs target.parameters()")
 
 
 def test_gradient_descent_is_saved_like_the_other_optimizers(tmp_path):
@@ -178,7 +180,7 @@ def test_a_new_container_is_saved_and_restored_without_touching_checkpoint_code(
     assert set(ours["buffers"]) == {"0.calls", "0.left.1.running_mean", "0.left.1.running_var"}
     assert set(ours["generators"]) == {"0.own", "0.right.0.mask"}
     for kind in ours:
-        assert all(torch.equal(ours[kind][k], theirs[kind][k]) for k in ours[kind])
+        assert_tensors_equal(ours[kind], {k: theirs[kind][k] for k in ours[kind]}, f"state_dict {kind}")
     train(model, opt, seed=1)                                     # and training goes on identically
     train(fresh, fresh_opt, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert_tensors_equal(model.parameters(), fresh.parameters(), "model.parameters() vs fresh.parameters()")

@@ -21,6 +21,8 @@ from neuroforge_lit.norm import BatchNorm1d, LayerNorm, normalize_backward, norm
 from neuroforge_lit.optim import AdamW, GradientDescent
 from neuroforge_lit.testing import parity_gap
 
+from conftest import assert_tensors_equal
+
 TOL = 1e-12
 
 
@@ -81,7 +83,7 @@ def test_speed_up_swaps_only_what_has_a_variant_and_keeps_the_state():
                                                        FastBatchNorm1d, FastReLU, FastLinear]
     assert model.state_dict().keys() == state.keys()
     for kind in ("params", "buffers"):
-        assert all(torch.equal(model.state_dict()[kind][k], v) for k, v in state[kind].items())
+        assert_tensors_equal({k: model.state_dict()[kind][k] for k in state[kind]}, state[kind], f"state_dict {kind}")
     layer_norm = speed_up(LayerNorm(4))
     assert type(layer_norm) is FastLayerNorm and isinstance(layer_norm, LayerNorm)
 
@@ -171,7 +173,7 @@ def test_lr_zero_changes_nothing_and_bad_input_is_refused():
     model = normalized_mlp([20, 8, 5], None, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     before = [p.clone() for p in model.parameters()]
     sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=0.0)
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert_tensors_equal(model.parameters(), before, "model.parameters() vs before")
     with pytest.raises(ValueError, match=r"lr must be in \[0.0, inf\), got -0.1"):
         sgd_step_fused(model, softmax_cross_entropy(model.forward(x), y)[1], lr=-0.1)
     with pytest.raises(TypeError, match="needs a Sequential model, got Linear"):

@@ -6,7 +6,7 @@ that hide bugs."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64
+from conftest import f64, assert_tensors_equal
 
 from neuroforge_lit.dropout import Dropout
 from neuroforge_lit.layers import (Linear, ReLU, Sequential, linear_backward, linear_forward, relu_backward,
@@ -206,6 +206,6 @@ def test_sequential_without_input_grad_stops_at_the_lowest_layer_with_parameters
         layer.backward = spy
     assert model.backward(dout, input_grad=False) is None
     assert calls == [("Linear", True), ("ReLU", True), ("Linear", False)]
-    assert all(torch.equal(a, b) for a, b in zip(with_dx, model.gradients()))
+    assert_tensors_equal(with_dx, model.gradients(), "with_dx vs model.gradients()")
     assert dx.shape == x.shape
     assert Sequential(ReLU()).backward(dout, input_grad=False) is None   # no parameters: nothing to run

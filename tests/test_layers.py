@@ -9,6 +9,8 @@ from neuroforge_lit.layers import Linear, ReLU, Sequential, mlp
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import BatchNorm1d
 
+from conftest import assert_tensors_equal
+
 
 def model(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -53,11 +55,12 @@ def test_calling_a_layer_is_its_forward():
 
 def test_zero_gradients_and_gradients_before_backward():
     m = mlp([3, 4, 2], generator=torch.Generator().manual_seed(0))
-    assert all(not g.any() for g in m.gradients())
+    assert_tensors_equal(m.gradients(), [torch.zeros_like(g) for g in m.gradients()], "gradients before backward")
     m.backward(torch.ones_like(m.forward(torch.randn(5, 3))))
     assert any(g.any() for g in m.gradients())
     m.zero_gradients()
-    assert all(not g.any() for g in m.gradients()) and len(m.gradients()) == 4
+    assert len(m.gradients()) == 4, f"{len(m.gradients())} gradients, expected 4"
+    assert_tensors_equal(m.gradients(), [torch.zeros_like(g) for g in m.gradients()], "gradients before backward")
 
 
 def test_state_round_trip_restores_everything():
@@ -65,7 +68,7 @@ def test_state_round_trip_restores_everything():
     x = torch.randn(8, 5)
     a.forward(x)                                                   # running stats and generators move
     b.load_state_dict(a.state_dict())
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert_tensors_equal(a.parameters(), b.parameters(), "a.parameters() vs b.parameters()")
     assert torch.equal(a.layers[1].buffers["running_mean"], b.layers[1].buffers["running_mean"])
     assert torch.equal(a.forward(x), b.forward(x))                 # same masks, same noise
 
@@ -97,7 +100,7 @@ def test_a_state_that_does_not_fit_is_refused_and_changes_nothing(edit, message)
         target.load_state_dict(state)
     after = target.state_dict()
     for kind in before:
-        assert all(torch.equal(before[kind][k], after[kind][k]) for k in before[kind])
+        assert_tensors_equal({k: after[kind][k] for k in before[kind]}, before[kind], f"state_dict {kind}")
 
 
 def test_a_state_that_is_not_a_state_is_refused():

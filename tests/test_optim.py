@@ -9,6 +9,8 @@ import torch
 from neuroforge_lit.fast import ForeachAdam, ForeachAdamW, FusedAdamW
 from neuroforge_lit.optim import SGD, Adam, AdamW, GradientDescent
 
+from conftest import assert_tensors_equal
+
 
 def _params(gen):
     return [torch.randn(s, dtype=torch.float64, generator=gen) for s in [(5, 3), (3,), (2, 2, 2)]]
@@ -93,7 +95,7 @@ def _interrupted(make, resume_with, gen, steps=30, stop=13):
 @pytest.mark.parametrize("make", [c[0] for c in CASES])
 def test_resume_from_state_dict_is_bit_identical(make, gen):
     a, c, _ = _interrupted(make, make, gen)
-    assert all(torch.equal(x, y) for x, y in zip(a, c))
+    assert_tensors_equal(a, c, "a vs c")
 
 
 @pytest.mark.parametrize("cls", [ForeachAdam, ForeachAdamW])
@@ -109,13 +111,13 @@ def test_scratch_buffers_are_not_state_and_follow_a_loaded_state(cls, gen):
     b, opt_b = [p.clone() for p in start], cls(1e-2)
     for g in grads[:3]:
         opt_b.step(b, g)
-    assert all(set(s) == {"m", "v"} for s in opt_b.state_dict()["state"])
+    assert [set(s) for s in opt_b.state_dict()["state"]] == [{"m", "v"}] * len(opt_b.state_dict()["state"])
     reused = cls(1e-2)
     reused.step(small, [torch.ones_like(small[0])])          # its buffers now have the wrong shapes
     reused.load_state_dict(opt_b.state_dict())
     for g in grads[3:]:
         reused.step(b, g)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_tensors_equal(a, b, "a vs b")
 
 
 def test_state_dict_is_a_copy(gen):
@@ -151,7 +153,7 @@ def test_refused_state_dict_changes_nothing(edit, match, gen):
         target.load_state_dict(edit(source.state_dict()))
     after = target.state_dict()
     assert after["t"] == 2 and after["hyperparameters"] == before["hyperparameters"]
-    assert all(torch.equal(a["m"], b["m"]) for a, b in zip(after["state"], before["state"]))
+    assert_tensors_equal([s["m"] for s in after["state"]], [s["m"] for s in before["state"]], "first moments m")
 
 
 def test_loaded_state_must_fit_the_parameters(gen):
@@ -172,7 +174,7 @@ def test_loaded_state_moves_to_the_parameters_dtype(gen):
     opt = Adam(0.1)
     opt.load_state_dict(source.state_dict())
     opt.step(p32, [torch.ones_like(q) for q in p32])
-    assert all(v.dtype == torch.float32 for s in opt.state for v in s.values())
+    assert [v.dtype for s in opt.state for v in s.values()] == [torch.float32] * sum(len(s) for s in opt.state)
     assert not opt.state_loaded
 
 
@@ -235,11 +237,11 @@ def test_non_finite_gradient_raises_and_changes_nothing(make, bad, gen):
     grads[2][0, 1, 0] = bad
     with pytest.raises(FloatingPointError, match=r"parameter 2 \(shape \(2, 2, 2\)\) contains NaN or inf"):
         opt.step(p, grads)
-    assert all(torch.equal(a, b) for a, b in zip(p, before_p))
+    assert_tensors_equal(p, before_p, "p vs before_p")
     after = opt.state_dict()
     assert after["t"] == before_state["t"]
     for s_a, s_b in zip(after["state"], before_state["state"]):
-        assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
+        assert_tensors_equal(s_a, {k: s_b[k] for k in s_a}, "optimizer state")
 
 
 @pytest.mark.parametrize("make", [c[0] for c in CASES])
@@ -254,4 +256,4 @@ def test_non_finite_first_gradient_leaves_no_state(make, gen):
     with pytest.raises(FloatingPointError, match="parameter 0"):
         opt.step(p, grads)
     assert opt.t == 0 and opt.state == [] and opt.state_dict() == make().state_dict()
-    assert all(torch.equal(a, b) for a, b in zip(p, before))
+    assert_tensors_equal(p, before, "p vs before")

@@ -129,12 +129,15 @@ def test_low_precision_layers_run_and_stay_finite(dtype):
     W, b = torch.randn(6, 4).to(dtype), torch.zeros(4, dtype=dtype)
     out, cache = linear_forward(x, W, b)
     dx, dW, db = linear_backward(torch.ones_like(out), cache)
-    assert out.dtype == dtype and all(torch.isfinite(t.float()).all() for t in (out, dx, dW, db))
+    assert out.dtype == dtype, f"linear_forward in {dtype} returned {out.dtype}"
+    finite = [bool(torch.isfinite(t.float()).all()) for t in (out, dx, dW, db)]
+    assert all(finite), f"linear in {dtype}: (out, dx, dW, db) finite: {finite}"
     gamma, beta = torch.ones(6, dtype=dtype), torch.zeros(6, dtype=dtype)
     for fwd, bwd in ((batchnorm_forward, normalize_backward), (layernorm_forward, normalize_backward)):
         y, c = fwd(x, gamma, beta)
         grads = bwd(torch.ones_like(y), c)
-        assert all(torch.isfinite(t.float()).all() for t in (y, *grads))
+        finite = [bool(torch.isfinite(t.float()).all()) for t in (y, *grads)]
+        assert all(finite), f"{fwd.__name__} in {dtype}: (y, dx, dgamma, dbeta) finite: {finite}"
 
 
 def test_norms_stay_finite_for_a_constant_input():

@@ -10,6 +10,8 @@ from neuroforge_lit.norm import normalized_mlp
 from neuroforge_lit.optim import SGD, Adam, AdamW, GradientDescent
 from neuroforge_lit.training import fit
 
+from conftest import assert_tensors_equal
+
 
 def models(seed):
     g = lambda k: torch.Generator().manual_seed(seed * 10 + k)   # noqa: E731 - one generator per role
@@ -36,6 +38,6 @@ def run(name, seed):
 @pytest.mark.parametrize("name", list(models(0)))
 def test_same_seed_is_bit_identical_and_another_seed_is_not(name):
     a, b = run(name, 0), run(name, 0)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert_tensors_equal(a, b, "a vs b")
     c = run(name, 1)
     assert not all(torch.equal(p, q) for p, q in zip(a, c))

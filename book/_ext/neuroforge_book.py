@@ -22,6 +22,13 @@ implements, a line links back to the definitions that cite it (their exported ce
 torch and the device that executed the book, and the build date (``neuroforge_lit.about``), so a
 reader can compare it with ``python -m neuroforge_lit --version``.
 
+**Quick figures never published.** A quick run (``NEUROFORGE_QUICK=1``, ``make book QUICK=1``)
+trains on small budgets and prints ``neuroforge_lit.quick.MARKER`` with each reduced figure. Such
+a build says so at the top of every page; a full build stops, naming the chapter, when a cell's
+output carries the marker (a quick chapter's outputs must never reach the published book). The
+quick flag is part of each chapter's cache key, so quick and full outputs never share a cache
+entry.
+
 **Re-execution when the package changes.** myst-nb's cache keys on a chapter's own cell sources
 only: after an edit to chapter 2's exported code, chapter 3 (which imports it from
 ``neuroforge_lit``) would be served stale outputs. So, as Sphinx reads each chapter, this extension
@@ -50,6 +57,7 @@ from sphinx import addnodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
 from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, chapter_dependencies  # noqa: E402
+from neuroforge_lit.quick import MARKER, is_quick_run  # noqa: E402
 
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
 MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equation-eq-[a-z0-9-]+)">.*?</div>)',
@@ -77,13 +85,27 @@ def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
     deps = chapter_dependencies(root, str(path.relative_to(root)))
     if not deps:
         return
-    lines = []
+    lines = [f"# quick run: {'yes' if is_quick_run() else 'no'}"]
     for dep in deps:
         app.env.note_dependency(str(dep))
         lines.append(f"# {dep.relative_to(root)} {_code_fingerprint(dep)}")
     source[0] += ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n"
                   "# The package modules this chapter runs on (re-executes when they change):\n"
                   + "\n".join(lines) + "\n```\n")
+
+
+def _refuse_quick_figures(app, doctree) -> None:
+    """In a full build, stop at a chapter whose executed outputs came from a quick run."""
+    if is_quick_run():
+        return
+    for block in doctree.findall(nodes.literal_block):
+        output = block.parent
+        if output is None or "cell_output" not in output.get("classes", []) or MARKER not in block.astext():
+            continue
+        line = next(text for text in block.astext().splitlines() if MARKER in text)
+        raise RuntimeError(f"{app.env.doc2path(app.env.docname)}: a cell output comes from a quick run "
+                           f"({line.strip()!r}); quick figures may not reach the published book. Execute "
+                           "the chapter in full (unset NEUROFORGE_QUICK; `make clean` drops stale outputs)")
 
 
 def _exported_names(code: str) -> list[str]:
@@ -211,8 +233,12 @@ def _link_equations_and_code(app, pagename, templatename, context, doctree) -> N
 
 
 def _provenance_footer(app, pagename, templatename, context, doctree) -> None:
-    """The theme prints `theme_extra_footer` under every page's footer."""
+    """The theme prints `theme_extra_footer` under every page's footer (and, in a quick build,
+    `theme_announcement` above every page)."""
     context["theme_extra_footer"] = getattr(app.env, "nf_footer", "")
+    if is_quick_run():
+        context["theme_announcement"] = ("Quick run (NEUROFORGE_QUICK=1): the experiments ran on small budgets; "
+                                         "these figures are not the book's and must not be published.")
 
 
 def _default_colour_mode(app, pagename, templatename, context, doctree) -> None:
@@ -251,5 +277,6 @@ def setup(app):
     app.connect("build-finished", _drop_repeated_inline_scripts)
     app.connect("source-read", _add_dependency_cell)
     app.connect("doctree-read", _label_exported_cells)
+    app.connect("doctree-read", _refuse_quick_figures)
     app.connect("html-page-context", _offer_notebook_download, priority=400)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -5,6 +5,7 @@ the installed package."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -45,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_chapter(root: Path, which: str) -> int:
-    """Execute one chapter in a fresh kernel; on failure print `chapter.md:LINE` and the error."""
+    """Execute one chapter in a fresh kernel; on failure print `chapter.md:LINE`, the line, and the
+    error with its message (a quick run: ``NEUROFORGE_QUICK=1`` in the environment)."""
     import time
 
     import jupytext
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+
+    from neuroforge_lit.quick import is_quick_run
 
     matches = [c for c in tangler.toc_chapters(root) if Path(c).stem.startswith(which)]
     if len(matches) != 1:
@@ -64,22 +68,37 @@ def run_chapter(root: Path, which: str) -> int:
         where = {"metadata": {"path": str((root / chapter).parent)}}
         NotebookClient(nb, timeout=1200, resources=where).execute()
     except CellExecutionError as e:
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        failed = next((i for i, c in enumerate(code)
-                       if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-        line = code_cells[failed][0] if failed is not None and failed < len(code_cells) else 1
-        err = next((o for o in code[failed].outputs if o.get("output_type") == "error"), {}) \
-            if failed is not None else {}
-        what = f"{err.get('ename', 'error')}: {err.get('evalue', '')}".strip() if err else str(e)
-        print(f"error: {chapter}:{line}: cell failed with {what}", file=sys.stderr)
+        print(failure_report(chapter, nb, code_cells, e), file=sys.stderr)
         return 1
     finally:
         out = root / "_build" / "chapters" / f"{Path(chapter).stem}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         jupytext.write(nb, out)
-    print(f"{chapter}: executed in {time.perf_counter() - start:.1f} s; outputs in {out.relative_to(root)}")
+    mode = " (quick run: small budgets, every check)" if is_quick_run() else ""
+    print(f"{chapter}: executed in {time.perf_counter() - start:.1f} s{mode}; outputs in {out.relative_to(root)}")
     return 0
 
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CELL_FRAME = re.compile(r"Cell In\[\d+\], line (\d+)")
+
+
+def failure_report(chapter: str, nb, code_cells: list[tuple[int, str]], error: Exception) -> str:
+    """`chapter.md:LINE: cell failed with Error: message`, then the failing line of the chapter.
+    The line is the cell's own line that raised (or called what raised), from the traceback."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    failed = next((i for i, c in enumerate(code)
+                   if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+    if failed is None or failed >= len(code_cells):
+        return f"error: {chapter}: {error}"
+    err = next(o for o in code[failed].outputs if o.get("output_type") == "error")
+    first_line, source = code_cells[failed]
+    frame = CELL_FRAME.search(ANSI.sub("", "\n".join(err.get("traceback", []))))
+    offset = int(frame.group(1)) - 1 if frame else 0
+    line = first_line + offset
+    shown = source.splitlines()[offset].strip() if offset < len(source.splitlines()) else ""
+    what = f"{err.get('ename', 'error')}: {err.get('evalue', '')}".strip()
+    return f"error: {chapter}:{line}: cell failed with {what}" + (f"\n    at: {shown}" if shown else "")
 
 if __name__ == "__main__":
     sys.exit(main())
