@@ -6,7 +6,8 @@ Two kinds of module live here, told apart by their first line:
   edit them, edit the chapter): ``logistic``, ``layers``, ``losses``, ``optim``, ``training`` and
   one module per later chapter, ``fast`` (the performance appendix's opt-in variants) among them;
 * hand-written, listed in ``HAND_WRITTEN_MODULES`` below: ``about`` (version, commit, torch and
-  device: ``python -m neuroforge_lit --version``), ``checkpoint``, ``data`` (MNIST loading with
+  device: ``python -m neuroforge_lit --version``), ``checkpoint``, ``exercises`` (the coding
+  exercises and their checker: ``python -m neuroforge_lit.exercises``), ``data`` (MNIST loading with
   checksums), ``files`` (atomic writes), ``quick`` (the small budgets of a quick run of the book)
   and ``testing`` (the autograd and finite-difference oracles, and the mutants that test them).
 
@@ -16,6 +17,6 @@ that turns the book into these modules lives beside the book (``tools/booktools`
 
 __version__ = "0.1.0"   # the one place the version is written: pyproject.toml and the book read it
 
-HAND_WRITTEN_MODULES = ("about", "checkpoint", "data", "files", "quick", "testing")
+HAND_WRITTEN_MODULES = ("about", "checkpoint", "data", "exercises", "files", "quick", "testing")
 """The package's modules that are not generated from the book (the tests check this list against
 the files: every other module carries the generated header)."""

@@ -56,7 +56,12 @@ def check_page(pg, html: Path, page: Path, search_index: str, ids_cache: dict, s
             .filter(c => /\beq-[A-Za-z0-9_-]+/.test(c.textContent) && !c.querySelector('a.nf-eqref'))
             .map(c => c.textContent).slice(0, 3),
         backlinks: document.querySelectorAll('main p.nf-implemented-by a').length,
+        wide_code: Array.from(document.querySelectorAll('main div.cell_input pre'))
+            .filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.innerText.split('\\n')[0]).slice(0, 3),
     })""")
+    if stats["wide_code"]:
+        problems.append(f"code cells wider than the column at {pg.viewport_size['width']} px (they scroll "
+                        f"sideways), starting: {stats['wide_code']}")
     if stats["unlinked_citations"]:
         problems.append(f"equation citations in code that link nowhere: {stats['unlinked_citations']}")
     if f"neuroforge-lit {neuroforge_lit.__version__} (commit " not in stats["provenance"]:
