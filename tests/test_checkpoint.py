@@ -1,6 +1,9 @@
 """Checkpoints: round trip, bit-identical resume, atomic writes under a crash, bad files, and a
 container the checkpoint code has never heard of (it relies on the Layer protocol only)."""
 
+import hashlib
+import io
+
 import pytest
 import torch
 
@@ -44,8 +47,10 @@ def test_round_trip_restores_params_buffers_optimizer_and_extra(tmp_path):
     assert torch.equal(model.layers[1].buffers["running_var"], fresh.layers[1].buffers["running_var"])
     assert torch.equal(model.layers[3].generators["mask"].get_state(), fresh.layers[3].generators["mask"].get_state())
     assert fresh_opt.t == opt.t
-    state = torch.load(tmp_path / "a.pt", weights_only=True)     # the documented format
-    assert state["format"] == "neuroforge-lit-checkpoint" and state["version"] == 2
+    header, _, payload = (tmp_path / "a.pt").read_bytes().partition(b"\n")     # the documented format
+    assert header == b"NEUROFORGE-LIT-CHECKPOINT 3 SHA256 " + hashlib.sha256(payload).hexdigest().encode()
+    state = torch.load(io.BytesIO(payload), weights_only=True)
+    assert state["format"] == "neuroforge-lit-checkpoint" and state["version"] == 3
     assert set(state["model"]["buffers"]) == {"1.running_mean", "1.running_var"}
     assert set(state["model"]["generators"]) == {"3.mask"}
 
@@ -184,3 +189,42 @@ def test_a_new_container_is_saved_and_restored_without_touching_checkpoint_code(
     train(model, opt, seed=1)                                     # and training goes on identically
     train(fresh, fresh_opt, seed=1)
     assert_tensors_equal(model.parameters(), fresh.parameters(), "model.parameters() vs fresh.parameters()")
+
+
+def test_any_flipped_bit_is_refused_before_anything_is_loaded(tmp_path):
+    model, opt = model_and_optimizer()
+    path = tmp_path / "d.pt"
+    save_checkpoint(path, model, opt, extra={"epoch": 3})
+    raw = path.read_bytes()
+    g = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, len(raw), (40,), generator=g).tolist() + [0, len(raw) - 1]
+    fresh, fresh_opt = model_and_optimizer(seed=3)
+    before = [p.clone() for p in fresh.parameters()]
+    for position in positions:
+        bit = 1 << int(torch.randint(0, 8, (), generator=g))
+        path.write_bytes(raw[:position] + bytes([raw[position] ^ bit]) + raw[position + 1:])
+        with pytest.raises(CheckpointError, match=str(path)):
+            load_checkpoint(path, fresh, fresh_opt)
+    assert_tensors_equal(before, fresh.parameters(), "parameters after refused loads")
+    assert fresh_opt.t == 0
+
+
+def test_an_extra_that_cannot_be_loaded_safely_is_refused_when_saving(tmp_path):
+    model, opt = model_and_optimizer()
+    with pytest.raises(CheckpointError, match="extra holds a value"):
+        save_checkpoint(tmp_path / "e.pt", model, opt, extra={"schedule": lambda q: q})
+    with pytest.raises(CheckpointError, match="extra must be a dict"):
+        save_checkpoint(tmp_path / "e.pt", model, opt, extra=[1, 2])
+    assert not list(tmp_path.iterdir()), "a refused save must leave no file behind"
+
+
+def test_a_model_without_storage_is_refused(tmp_path):
+    model, opt = model_and_optimizer()
+    save_checkpoint(tmp_path / "f.pt", model, opt)
+    meta, _ = model_and_optimizer()
+    for layer in meta.layers:
+        layer.params = {k: v.to("meta") for k, v in layer.params.items()}
+    with pytest.raises(CheckpointError, match="meta device"):
+        load_checkpoint(tmp_path / "f.pt", meta)
+    with pytest.raises(CheckpointError, match="meta device"):
+        save_checkpoint(tmp_path / "g.pt", meta)
