@@ -24,6 +24,7 @@ a corrupt or truncated copy is an error naming the file and both checksums, neve
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import os
 import struct
@@ -115,8 +116,9 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip raises EOFError on a truncated archive
-        raise DataError(f"{path}: cannot be read ({e}); the file is truncated or not gzip data") from e
+    except (OSError, EOFError, zlib.error) as e:   # EOFError: truncated; zlib.error: a damaged stream
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e}); the file is truncated, damaged "
+                        "or not gzip data") from e
 
 
 def read_idx(path: str | Path, expected_md5: str | None = None) -> torch.Tensor:

@@ -8,7 +8,6 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import argparse
-import math
 import os
 import pickle
 import socket
@@ -30,7 +29,7 @@ from neuroforge_lit.norm import normalized_mlp
 from neuroforge_lit.optim import AdamW
 from neuroforge_lit.optim import GradientDescent
 from neuroforge_lit.testing import parity_gap
-from neuroforge_lit.training import History
+from neuroforge_lit.training import History, batch_bounds
 from neuroforge_lit.training import cosine_lr, evaluate
 
 __all__ = [
@@ -250,21 +249,21 @@ def fit_data_parallel(model, optimizer, x, y, *, epochs: int, batch_size: int, l
     order, each process computing on its shard of each. Every process holds x and y whole and
     returns the same History, with the global loss of every step."""
     rank, world_size = world()
-    last = len(x) % batch_size
-    if batch_size < world_size or 0 < last < world_size:
+    bounds = batch_bounds(len(x), batch_size)            # fit's minibatches
+    smallest = min(stop - start for start, stop in bounds)
+    if smallest < world_size:
         raise ValueError(f"every global batch must give each of the {world_size} processes an example; "
-                         f"batch_size {batch_size} with {len(x)} examples leaves a last batch of "
-                         f"{last or batch_size}")
+                         f"batch_size {batch_size} with {len(x)} examples makes a batch of {smallest}")
     broadcast_parameters(model)                          # every copy starts from process 0's
     gen = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(x) / batch_size)
+    steps = len(bounds)
     history, step, start = History(), 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         losses = torch.empty(steps, dtype=torch.float64, device=x.device)
         for i in range(steps):
-            batch = perm[i * batch_size:(i + 1) * batch_size]
+            batch = perm[bounds[i][0]:bounds[i][1]]
             mine = batch[shard(len(batch), world_size, rank)]
             if lr_schedule is not None:
                 optimizer.lr = lr_schedule(step / (steps * epochs))

@@ -18,6 +18,7 @@ __all__ = [
     "cosine_lr",
     "evaluate",
     "History",
+    "batch_bounds",
     "fit",
 ]
 
@@ -57,6 +58,19 @@ class History:
         return [row[key] for row in self.epochs]
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each minibatch of an epoch over n examples, batch_size at a time. A last
+    minibatch of a single example joins the one before it: one example has no batch statistics,
+    which batch norm (chapter 3) needs."""
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(start, stop) for start, stop in zip(starts, starts[1:] + [n])]
+
+
 def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedule=None,
         loss_fn=softmax_cross_entropy, eval_sets: dict | None = None, seed: int = 0,
         augment=None, on_step=None, progress: bool | None = None, log=print) -> History:
@@ -67,18 +81,21 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
     optimizer.lr before every step. eval_sets: {"name": (x, y)} evaluated after every epoch.
     augment(xb, generator) -> xb transforms each training minibatch (e.g. random translations),
     drawing its randomness from the loop's seeded generator. on_step(step) is called after every
-    step (e.g. to record statistics of the model).
+    step (e.g. to record statistics of the model). The minibatches are those of `batch_bounds`.
     progress: a tqdm bar per epoch; None (default) shows it only in a terminal. log: called with
     one line per epoch (None for silence).
     """
     targets = targets if isinstance(targets, tuple) else (targets,)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    bounds = batch_bounds(len(x), batch_size)
     if "train" in (eval_sets or {}):
         raise ValueError("eval_sets may not be named 'train' (its columns would overwrite the "
                          "running train_loss); call it e.g. 'train_eval'")
     if any(len(t) != len(x) for t in targets):
         raise ValueError(f"x has {len(x)} examples but targets have {[len(t) for t in targets]}")
     gen = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(x) / batch_size)
+    steps = len(bounds)
     history, step, start = History(), 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -86,7 +103,7 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
         losses = torch.empty(steps, device=x.device)
         for i in tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=1.0,
                       disable=None if progress is None else not progress):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
+            idx = perm[bounds[i][0]:bounds[i][1]]
             if lr_schedule is not None:
                 optimizer.lr = lr_schedule(step / (steps * epochs))
             xb = x[idx] if augment is None else augment(x[idx], gen)

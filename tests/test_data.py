@@ -3,6 +3,7 @@ IDX files in temporary folders (with their own MD5s), plus one test of the real 
 
 import gzip
 import hashlib
+import re
 import struct
 
 import pytest
@@ -194,3 +195,18 @@ def test_default_dataset_follows_the_environment(monkeypatch):
     assert data.default_dataset() == "mnist"
     monkeypatch.setenv("NEUROFORGE_DATASET", "fashion-mnist")
     assert data.default_dataset() == "fashion-mnist"
+
+
+def test_a_flipped_byte_inside_the_compressed_stream_names_the_file(fake):
+    path = fake["folder"] / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    failures = 0
+    for position in range(10, min(len(raw) - 8, 120)):           # the header, then the deflate stream
+        damaged = bytearray(raw)
+        damaged[position] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        data._loaded.clear()
+        with pytest.raises(DataError, match=re.escape(str(path))):
+            load_mnist("train")
+        failures += 1
+    assert failures >= 50

@@ -6,7 +6,7 @@ import torch
 from neuroforge_lit.layers import Linear, Sequential, mlp
 from neuroforge_lit.norm import BatchNorm1d
 from neuroforge_lit.optim import GradientDescent
-from neuroforge_lit.training import cosine_lr, evaluate, fit
+from neuroforge_lit.training import batch_bounds, cosine_lr, evaluate, fit
 
 from conftest import assert_tensors_equal
 
@@ -96,3 +96,27 @@ def test_evaluate_gives_every_layer_its_own_mode_back(gen):
     evaluate(model, x, y)
     assert [layer.training for layer in model.layers] == [True, False, True]
     assert torch.equal(model.layers[1].buffers["running_mean"], before)   # inference: no update
+
+
+def test_batch_bounds_cover_every_example_once_and_fold_a_last_batch_of_one():
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4) == [(0, 4), (4, 9)]                 # 1 left over: joins the batch before
+    assert batch_bounds(1, 4) == [(0, 1)] and batch_bounds(8, 4) == [(0, 4), (4, 8)]
+    for n in range(1, 40):
+        for size in range(1, 12):
+            bounds = batch_bounds(n, size)
+            assert [b for a, b in bounds][:-1] == [a for a, b in bounds][1:] and bounds[0][0] == 0
+            assert bounds[-1][1] == n and (n == 1 or all(b - a >= 2 for a, b in bounds) or size == 1)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            batch_bounds(10, bad)
+
+
+def test_a_batch_norm_model_trains_when_the_last_minibatch_would_hold_one_example():
+    from neuroforge_lit.norm import normalized_mlp
+    model = normalized_mlp([5, 8, 3], "batch", generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(33, 5), torch.randint(0, 3, (33,))
+    history = fit(model, GradientDescent(0.1), x, y, epochs=2, batch_size=16, log=None, progress=False)
+    assert len(history.step_loss) == 4                             # 16 + 17 per epoch, not 16 + 16 + 1
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        fit(model, GradientDescent(0.1), x, y, epochs=0, batch_size=16, log=None)
