@@ -143,8 +143,12 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 1
         raise RuntimeError(_failure_report(results, e)) from None
     finally:
         _stop(procs)
-    by_rank = {rank: value for rank, _, value in (results.get() for _ in range(world_size))}
-    return [pickle.loads(by_rank[r]) for r in range(world_size)]
+    outcomes = {rank: (ok, value) for rank, ok, value in (results.get() for _ in range(world_size))}
+    failed = sorted((value[0], rank, value[1]) for rank, (ok, value) in outcomes.items() if not ok)
+    if failed:                                           # e.g. sys.exit(0): the process "succeeded"
+        _, rank, cause = failed[0]
+        raise RuntimeError(f"process of rank {rank} failed: {cause}")
+    return [pickle.loads(outcomes[r][1]) for r in range(world_size)]
 
 
 def _stop(procs) -> None:

@@ -96,6 +96,12 @@ def test_launch_refuses_a_function_it_cannot_send(monkeypatch):
         parallel.launch(parallel.world, 0)
 
 
+def test_a_process_that_exits_with_status_0_mid_function_is_a_failure_not_a_result():
+    with pytest.raises(RuntimeError, match="process of rank [01] failed: SystemExit: 0"):
+        parallel.launch(sys.exit, 2, 0, timeout=60)
+    assert not multiprocessing.active_children()
+
+
 def test_a_group_of_one_runs_the_function_and_sends_back_its_result():
     results = multiprocessing.get_context("spawn").SimpleQueue()
     parallel._process_main(0, 1, parallel._free_port(), "gloo", 30, parallel.world, (), results)
