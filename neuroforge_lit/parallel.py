@@ -129,8 +129,9 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 1
     if fn.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
         raise ValueError(f"{fn.__name__} is defined in a notebook or an interactive session; the new "
                          "processes import it by name, so pass a function from an importable module")
-    results = mp.get_context("spawn").SimpleQueue()
-    procs = mp.start_processes(_process_main, nprocs=world_size, join=False, start_method="spawn",
+    mp.set_forkserver_preload(["torch", "neuroforge_lit.parallel"])   # imported once, by the server
+    results = mp.get_context("forkserver").SimpleQueue()
+    procs = mp.start_processes(_process_main, nprocs=world_size, join=False, start_method="forkserver",
                                args=(world_size, _free_port(), backend, timeout, fn, args, results))
     deadline = time.monotonic() + 2 * timeout
     try:
