@@ -20,6 +20,8 @@ def test_the_list_of_hand_written_modules_is_the_files_without_the_generated_hea
     hand_written = {p.stem for p in PKG.glob("*.py")
                     if not p.read_text().startswith(GENERATED_MARK) and not p.stem.startswith("__")}
     assert hand_written == set(neuroforge_lit.HAND_WRITTEN_MODULES)
+    generated = {p.stem for p in PKG.glob("*.py") if p.read_text().startswith(GENERATED_MARK)}
+    assert generated == set(neuroforge_lit.GENERATED_MODULES)
 
 
 def test_wheel_holds_the_runtime_package_only_and_imports(tmp_path):

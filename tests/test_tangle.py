@@ -177,13 +177,58 @@ def test_refuses_to_overwrite_a_hand_written_module(tmp_path):
     assert (root / "neuroforge_lit" / "alpha.py").read_text() == "# my own code\n"
 
 
-def test_import_time_failure_is_caught_by_check(tmp_path):
-    # Defined at module level but failing only when run: found by importing in a fresh interpreter.
+def test_import_time_failure_stops_the_tangle_before_anything_is_written(tmp_path):
+    # Defined at module level but failing only when run: found by importing a staged copy of the
+    # package in a fresh interpreter, before the real package is touched.
     body = cell("#| export neuroforge_lit.alpha\nimport math\nLIMIT = math.sqrt(-1)")
     root = make_book(tmp_path, {"a": "# A\n\n" + body})
+    with pytest.raises(T.TangleError, match=r"^book/a\.md:11: after this tangle, neuroforge_lit\.alpha would "
+                                            r"fail to import: ValueError: math domain error; nothing was written"):
+        T.tangle(root)
+    assert sorted(snapshot(root)) == ["__init__.py"]
+
+
+def test_a_module_that_a_hand_written_one_imports_cannot_disappear(tmp_path):
+    root = make_book(tmp_path, GOOD)
     T.tangle(root)
-    with pytest.raises(T.TangleError, match=r"^book/a\.md:11: neuroforge_lit\.alpha fails to import"):
-        T.check(root)
+    (root / "neuroforge_lit" / "helpers.py").write_text("from neuroforge_lit.beta import quadruple\n")
+    (root / "book" / "b.md").write_text(HEADER + "# Chapter B\n\nNo code any more.\n")
+    before = snapshot(root)
+    with pytest.raises(T.TangleError, match=r"^neuroforge_lit/helpers\.py:1: imports neuroforge_lit\.beta, which "
+                                            r"no chapter exports any more \(it came from book/b\.md\)"):
+        T.tangle(root)
+    assert snapshot(root) == before
+
+
+def test_a_new_module_must_be_declared_when_the_package_lists_its_modules(tmp_path):
+    root = make_book(tmp_path, GOOD)
+    init = root / "neuroforge_lit" / "__init__.py"
+    init.write_text('GENERATED_MODULES = ("alpha", "beta")\n')
+    T.tangle(root)
+    typo = GOOD["b"].replace("export neuroforge_lit.beta", "export neuroforge_lit.betta")
+    (root / "book" / "b.md").write_text(HEADER + typo)
+    before = snapshot(root)
+    with pytest.raises(T.TangleError, match=r"^book/b\.md:\d+: exports to neuroforge_lit\.betta, which is not a "
+                                            r"module of the package \(a typo of 'beta'\?\); to start a new module"):
+        T.tangle(root)
+    assert snapshot(root) == before
+    init.write_text('GENERATED_MODULES = ("alpha", "beta", "betta")\n')
+    with pytest.raises(T.TangleError, match=r"GENERATED_MODULES lists 'beta', but no chapter exports"):
+        T.tangle(root)
+    init.write_text('GENERATED_MODULES = ("alpha", "betta")\n')
+    assert "neuroforge_lit/betta.py" in T.tangle(root)
+
+
+def test_an_equation_cited_in_a_docstring_must_exist(tmp_path):
+    body = "# A\n\n" + cell('''
+        #| export neuroforge_lit.alpha
+        def double(x):
+            """Twice x, (eq-a-missing)."""
+            return 2 * x
+        ''')
+    root = make_book(tmp_path, {"a": body})
+    with pytest.raises(T.TangleError, match=r"^book/a\.md:\d+: cites equation 'eq-a-missing'"):
+        T.tangle(root)
 
 
 def test_the_real_book_and_package_agree():

@@ -271,10 +271,13 @@ def _undefined_globals(text: str) -> list[tuple[str, int]]:
 
 
 def _cited_labels(cell: Cell) -> list[tuple[str, int]]:
+    """Equation labels cited in comments and in strings (docstrings), with their chapter lines."""
     out = []
     for tok in tokenize.generate_tokens(io.StringIO(cell.code).readline):
-        if tok.type == tokenize.COMMENT:
-            out += [(m.group(0), cell.line + tok.start[0] - 1) for m in EQ_CITATION.finditer(tok.string)]
+        if tok.type in (tokenize.COMMENT, tokenize.STRING):
+            for m in EQ_CITATION.finditer(tok.string):
+                line = tok.start[0] + tok.string[:m.start()].count("\n")
+                out.append((m.group(0), cell.line + line - 1))
     return out
 
 
@@ -285,6 +288,38 @@ def _chapter_title(root: Path, chapter: str) -> str:
         if token_line.startswith("# "):
             return token_line[2:].strip()
     return chapter
+
+
+def declared_modules(root: Path) -> tuple[str, ...] | None:
+    """The names in ``GENERATED_MODULES`` of the package's ``__init__.py`` (None if it has none)."""
+    init = root / PACKAGE / "__init__.py"
+    if not init.is_file():
+        return None
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "GENERATED_MODULES"
+                                                for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return None
+
+
+def _check_declared(root: Path, modules: dict[str, Module]) -> None:
+    """A module is created on purpose: every exported module is listed in GENERATED_MODULES, and
+    every listed one is exported (a typo in an export line would otherwise start a new module)."""
+    declared = declared_modules(root)
+    if declared is None:
+        return
+    for name, mod in modules.items():
+        if name not in declared:
+            cell = mod.cells[0]
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f" (a typo of '{close[0]}'?)" if close else ""
+            raise TangleError(f"{cell.chapter}:{cell.line - 1}: exports to {PACKAGE}.{name}, which is not a module "
+                              f"of the package{hint}; to start a new module, add '{name}' to GENERATED_MODULES "
+                              f"in {PACKAGE}/__init__.py")
+    for name in declared:
+        if name not in modules:
+            raise TangleError(f"{PACKAGE}/__init__.py:1: GENERATED_MODULES lists '{name}', but no chapter exports "
+                              f"to {PACKAGE}.{name}; remove it there if the module is meant to go")
 
 
 def render(root: Path) -> dict[str, Module]:
@@ -304,6 +339,7 @@ def render(root: Path) -> dict[str, Module]:
             if chapter not in mod.chapters:
                 mod.chapters.append(chapter)
             mod.cells.append(cell)
+    _check_declared(root, modules)
     for mod in modules.values():
         _render_module(root, mod, seen)
     return modules
@@ -392,11 +428,69 @@ def _expected(root: Path) -> tuple[dict[str, Module], dict[str, str]]:
     return modules, {name: m.text for name, m in modules.items()}
 
 
+def _importers(root: Path, module: str, expected: dict[str, str]) -> list[str]:
+    """``file:line`` of every import of ``neuroforge_lit.<module>`` in the package as this tangle
+    would leave it: the new generated modules, and the hand-written ones as they are."""
+    pattern = re.compile(rf"\b{PACKAGE}\.{module}\b|from {PACKAGE} import [^\n]*\b{module}\b")
+    on_disk = _generated_on_disk(root / PACKAGE)
+    texts = {f"{PACKAGE}/{name}.py": text for name, text in expected.items()}
+    texts.update({f"{PACKAGE}/{path.name}": path.read_text(encoding="utf-8")
+                  for path in sorted((root / PACKAGE).glob("*.py")) if path.stem not in on_disk})
+    found = []
+    for where, text in sorted(texts.items()):
+        for i, line in enumerate(text.splitlines(), 1):
+            if pattern.search(line) and not line.lstrip().startswith("#"):
+                found.append(f"{where}:{i}")
+    return found
+
+
+def _staged_import(root: Path, modules: dict[str, Module], expected: dict[str, str]) -> None:
+    """Import the package as it would be after this tangle, in a fresh interpreter, from a copy in
+    a temporary folder: a tangle that would leave a package that fails to import writes nothing."""
+    import shutil
+    import tempfile
+
+    pkg = root / PACKAGE
+    with tempfile.TemporaryDirectory(prefix="tangle-") as tmp:
+        staged = Path(tmp) / PACKAGE
+        staged.mkdir()
+        on_disk = _generated_on_disk(pkg)
+        for path in pkg.glob("*.py"):
+            if path.stem not in on_disk:                       # hand-written: as it is
+                shutil.copy2(path, staged / path.name)
+        for name, text in expected.items():
+            (staged / f"{name}.py").write_text(text, encoding="utf-8")
+        names = sorted(p.stem for p in staged.glob("*.py") if p.stem not in ("__init__", "__main__"))
+        if _import(Path(tmp), names).returncode == 0:
+            return
+        for name in names:
+            proc = _import(Path(tmp), [name])
+            if proc.returncode != 0:
+                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+                lines = re.findall(rf'{PACKAGE}[/\\](\w+)\.py", line (\d+)', proc.stderr)
+                where = f"{PACKAGE}/{name}.py:1"
+                if lines:
+                    module, line = lines[-1]
+                    where = _where(modules[module], int(line)) if module in modules else f"{PACKAGE}/{module}.py:{line}"
+                raise TangleError(f"{where}: after this tangle, {PACKAGE}.{name} would fail to import: {last}; "
+                                  "nothing was written")
+
+
 def tangle(root: Path) -> list[str]:
-    """Write the generated modules; return the names of the files that changed."""
-    _, expected = _expected(root)
+    """Write the generated modules, after checking that the package they make imports; return the
+    names of the files that changed."""
+    modules, expected = _expected(root)
     pkg = root / PACKAGE
     on_disk = _generated_on_disk(pkg)
+    for stale in sorted(set(on_disk) - set(expected)):
+        users = _importers(root, stale, expected)
+        if users:
+            origin = re.search(r"from (.+?)\. DO NOT EDIT", on_disk[stale])
+            raise TangleError(f"{users[0]}: imports {PACKAGE}.{stale}, which no chapter exports any more "
+                              f"(it came from {origin.group(1) if origin else 'the book'}); export it again or "
+                              "remove the import first")
+    if any(on_disk.get(name) != text for name, text in expected.items()) or set(on_disk) - set(expected):
+        _staged_import(root, modules, expected)
     changed = []
     for name, text in expected.items():
         if on_disk.get(name) != text:
