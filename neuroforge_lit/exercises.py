@@ -627,7 +627,7 @@ def _finite_differences(e: Exercise, inputs: dict) -> dict:
         return {}
     names = list(dict.fromkeys(wrt.values()))
     argnames = list(inspect.signature(f).parameters)
-    grads = numerical_grads(lambda **kw: f(**kw), {k: inputs[k] for k in argnames}, names)
+    grads = numerical_grads(f, {k: inputs[k] for k in argnames}, names)
     return {out: grads[arg] for out, arg in wrt.items()}
 
 

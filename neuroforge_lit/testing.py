@@ -16,6 +16,7 @@ to each input is exactly what a backward pass returns.
 
 from __future__ import annotations
 
+import __future__
 import ast
 import math
 from dataclasses import dataclass, field
@@ -274,7 +275,7 @@ def mutants(fn: Callable):
             continue
         tree = ast.fix_missing_locations(tree)
         namespace = dict(fn.__globals__)
-        flags = __import__("__future__").annotations.compiler_flag
+        flags = __future__.annotations.compiler_flag             # the modules' annotations stay strings
         exec(compile(tree, f"<mutant {i} of {fn.__qualname__}>", "exec", flags=flags, dont_inherit=True),
              namespace)
         yield f"{kind}: {after}", namespace[fn.__name__]

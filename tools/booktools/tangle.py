@@ -460,20 +460,8 @@ def _staged_import(root: Path, modules: dict[str, Module], expected: dict[str, s
                 shutil.copy2(path, staged / path.name)
         for name, text in expected.items():
             (staged / f"{name}.py").write_text(text, encoding="utf-8")
-        names = sorted(p.stem for p in staged.glob("*.py") if p.stem not in ("__init__", "__main__"))
-        if _import(Path(tmp), names).returncode == 0:
-            return
-        for name in names:
-            proc = _import(Path(tmp), [name])
-            if proc.returncode != 0:
-                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-                lines = re.findall(rf'{PACKAGE}[/\\](\w+)\.py", line (\d+)', proc.stderr)
-                where = f"{PACKAGE}/{name}.py:1"
-                if lines:
-                    module, line = lines[-1]
-                    where = _where(modules[module], int(line)) if module in modules else f"{PACKAGE}/{module}.py:{line}"
-                raise TangleError(f"{where}: after this tangle, {PACKAGE}.{name} would fail to import: {last}; "
-                                  "nothing was written")
+        _import_fresh(Path(tmp), modules, "after this tangle, {name} would fail to import: {error}; "
+                                          "nothing was written")
 
 
 def tangle(root: Path) -> list[str]:
@@ -524,18 +512,23 @@ def _import(root: Path, names) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(root)})
 
 
-def _import_fresh(root: Path, modules: dict[str, Module]) -> None:
-    """Import the generated modules in a fresh interpreter, so an import-time failure is caught
-    (one interpreter for all; on failure, one per module to name the culprit)."""
-    if _import(root, modules).returncode == 0:
+def _import_fresh(root: Path, modules: dict[str, Module], message: str = "{name} fails to import: {error}") -> None:
+    """Import every module of the package under `root` in a fresh interpreter, so an import-time
+    failure is caught (one interpreter for all; on failure, one per module to name the culprit, at
+    the chapter line of a generated module or the file line of a hand-written one)."""
+    names = sorted(p.stem for p in (root / PACKAGE).glob("*.py") if p.stem not in ("__init__", "__main__"))
+    if _import(root, names).returncode == 0:
         return
-    for name, mod in modules.items():
+    for name in names:
         proc = _import(root, [name])
         if proc.returncode != 0:
-            m = re.findall(rf'{PACKAGE}[/\\]{name}\.py", line (\d+)', proc.stderr)
-            where = _where(mod, int(m[-1])) if m else f"{mod.chapters[0]}:1"
-            last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-            raise TangleError(f"{where}: {PACKAGE}.{name} fails to import: {last}")
+            error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+            frames = re.findall(rf'{PACKAGE}[/\\](\w+)\.py", line (\d+)', proc.stderr)
+            where = f"{PACKAGE}/{name}.py:1"
+            if frames:
+                module, line = frames[-1]
+                where = _where(modules[module], int(line)) if module in modules else f"{PACKAGE}/{module}.py:{line}"
+            raise TangleError(f"{where}: " + message.format(name=f"{PACKAGE}.{name}", error=error))
 
 
 def find_root(start: Path) -> Path:
