@@ -33,13 +33,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neuroforge_lit.attention import vision_transformer
+from neuroforge_lit.conv import convnet
 from neuroforge_lit.dropout import Dropout
 from neuroforge_lit.fast import FusedAdamW, ForeachAdamW, sgd_step_fused, softmax_cross_entropy_fast, speed_up
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.norm import normalized_mlp
-from neuroforge_lit.optim import AdamW, GradientDescent
+from neuroforge_lit.optim import Adam, AdamW, GradientDescent
 
 RESULTS = Path(__file__).parent / "results"
 SIDES = ("reference", "fast", "eager", "compiled")
@@ -180,12 +182,66 @@ def moe_steps(batch, device, compiled=True, lr=2e-3):
                            x, y, compiled, loss=lambda out, y: F.cross_entropy(out[0], y) + out[1])}
 
 
+def conv_steps(batch, device, compiled=True, lr=2e-3):
+    """The convolutions chapter's network (two 5x5 convolutions, max pooling, 128 hidden), Adam,
+    against the same network of torch.nn.Conv2d / MaxPool2d layers with autograd."""
+    x, y = _batch(batch, device)
+    reference = convnet(generator=torch.Generator().manual_seed(0), device=device)
+    fast = speed_up(copy.deepcopy(reference))
+    torch_model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                                nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
+    return {"reference": _hand_step(reference, Adam(lr), x, y),
+            "fast": _hand_step(fast, FusedAdamW(lr, weight_decay=0.0), x, y, softmax_cross_entropy_fast),
+            **_torch_sides(torch_model, lambda ps: _best(torch.optim.Adam, ps, lr=lr), x, y, compiled)}
+
+
+class TorchViT(nn.Module):
+    """The attention chapter's transformer written with torch.nn: nn.MultiheadAttention in pre-norm
+    blocks, 16 patches of 7x7, mean over tokens, autograd does the backward pass."""
+
+    def __init__(self, d=64, heads=4, depth=4, hidden=128, patch=7):
+        super().__init__()
+        self.patch, self.tokens = patch, (28 // patch) ** 2
+        self.embed = nn.Linear(patch * patch, d)
+        self.position = nn.Parameter(0.02 * torch.randn(self.tokens, d))
+        self.norms1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(depth))
+        self.attentions = nn.ModuleList(nn.MultiheadAttention(d, heads, batch_first=True) for _ in range(depth))
+        self.norms2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(depth))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+                                  for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        p, side = self.patch, 28 // self.patch
+        x = x.reshape(len(x), side, p, side, p).permute(0, 1, 3, 2, 4).reshape(len(x), self.tokens, p * p)
+        h = self.embed(x) + self.position
+        for norm1, attention, norm2, mlp in zip(self.norms1, self.attentions, self.norms2, self.mlps):
+            a = norm1(h)
+            h = h + attention(a, a, a, need_weights=False)[0]
+            h = h + mlp(norm2(h))
+        return self.head(self.norm(h.mean(1)))
+
+
+def transformer_steps(batch, device, compiled=True, lr=2e-3):
+    """The attention chapter's vision transformer (D 64, 4 heads, 4 blocks), Adam, against TorchViT."""
+    x, y = _batch(batch, device)
+    reference = vision_transformer(generator=torch.Generator().manual_seed(0), device=device)
+    fast = speed_up(copy.deepcopy(reference))
+    return {"reference": _hand_step(reference, Adam(lr), x, y),
+            "fast": _hand_step(fast, FusedAdamW(lr, weight_decay=0.0), x, y, softmax_cross_entropy_fast),
+            **_torch_sides(TorchViT().to(device), lambda ps: _best(torch.optim.Adam, ps, lr=lr), x, y, compiled)}
+
+
 MODELS = {
     "mlp": mlp_steps,
     "mlp+batchnorm": lambda batch, device, compiled=True: mlp_steps(batch, device, compiled, norm="batch"),
     "mlp+layernorm": lambda batch, device, compiled=True: mlp_steps(batch, device, compiled, norm="layer"),
     "scaled+dropout": dropout_steps,
     "moe": moe_steps,
+    "convnet": conv_steps,
+    "transformer": transformer_steps,
 }
 
 

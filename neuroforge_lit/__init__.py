@@ -18,7 +18,7 @@ that turns the book into these modules lives beside the book (``tools/booktools`
 __version__ = "0.1.0"   # the one place the version is written: pyproject.toml and the book read it
 
 GENERATED_MODULES = ("logistic", "layers", "losses", "training", "optim", "norm", "dropout", "distill", "moe",
-                     "recipe", "parallel", "fast")
+                     "recipe", "parallel", "conv", "attention", "fast")
 """The modules generated from the book, in the book's order. ``make tangle`` refuses an export to a
 module missing here (a typo would otherwise start a new module): add a new module's name here
 first."""

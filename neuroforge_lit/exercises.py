@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from neuroforge_lit import distill, layers, logistic, losses, moe, norm, recipe
+from neuroforge_lit import attention, conv, distill, layers, logistic, losses, moe, norm, recipe
 from neuroforge_lit.testing import numerical_grads, rel_error
 
 __all__ = ["Exercise", "CheckResult", "list_exercises", "get", "skeleton", "solution", "check", "main"]
@@ -194,6 +194,30 @@ def _prior_bias(y, n_classes):
 def _gelu_backward(dout, x):
     """GELU(x) = x * Phi(x): its derivative is Phi(x) + x * phi(x)."""
     return (dout * (moe.normal_cdf(x) + x * moe.normal_pdf(x)),)
+
+
+def _maxpool_backward(dout, x):
+    return (conv.maxpool2d_backward(dout, conv.maxpool2d_forward(x, 2)[1]),)
+
+
+def _conv_inputs(g):
+    n, c, c_out, k = _sizes(g, 2, 3), _sizes(g, 1, 3), _sizes(g, 1, 3), _sizes(g, 2, 3)
+    h, w = _sizes(g, k + 1, k + 4), _sizes(g, k + 1, k + 4)
+    return dict(dout=_f64(g, n, c_out, h - k + 1, w - k + 1), x=_f64(g, n, c, h, w), W=_f64(g, c_out, c, k, k))
+
+
+def _conv2d_param_grads(dout, x, W):
+    cache = conv.conv2d_forward(x, W, torch.zeros(len(W), dtype=x.dtype))[1]
+    _, dW, db = conv.conv2d_backward(dout, cache, input_grad=False)
+    return dW, db
+
+
+def _softmax_backward(dP, S):
+    return (attention.softmax_backward(dP, torch.softmax(S, -1)),)
+
+
+def _attention_backward(dout, q, k, v):
+    return attention.attention_backward(dout, attention.attention_forward(q, k, v)[1])
 
 
 _EXERCISES = [
@@ -422,6 +446,60 @@ _EXERCISES = [
         gradient_of=lambda i: (lambda x: (torch.nn.functional.gelu(x) * i["dout"]).sum(), {"dx": "x"}),
         mistakes={"Phi(x) alone (the product rule's second term is missing)":
                   lambda dout, x: (dout * moe.normal_cdf(x),)}),
+    Exercise(
+        "11.1", "11_convolutions", "Max pooling's backward pass",
+        "maxpool_backward(dout, x) -> (dx,)",
+        "x (N, C, H, W) with H and W even went through 2 x 2 max pooling with stride 2; given dout "
+        "(N, C, H/2, W/2), return dx: each window's gradient goes to its largest entry (eq-pool-backward).",
+        lambda g: (lambda n, c, h, w: dict(dout=_f64(g, n, c, h, w), x=_f64(g, n, c, 2 * h, 2 * w)))(
+            _sizes(g, 1, 3), _sizes(g, 1, 3), _sizes(g, 2, 4), _sizes(g, 2, 4)),
+        _maxpool_backward, ("dx",),
+        gradient_of=lambda i: (lambda x: (conv.maxpool2d_forward(x, 2)[0] * i["dout"]).sum(), {"dx": "x"}),
+        mistakes={"the gradient is spread evenly over each window, as for average pooling":
+                  lambda dout, x: (dout.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) / 4,),
+                  "every entry of a window gets the window's whole gradient":
+                  lambda dout, x: (dout.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3),),
+                  "the gradient goes to the smallest entry of each window":
+                  lambda dout, x: (-_maxpool_backward(dout, -x)[0],)}),
+    Exercise(
+        "11.2", "11_convolutions", "A convolution's weight and bias gradients",
+        "conv2d_param_grads(dout, x, W) -> (dW, db)",
+        "y = conv2d(x, W, b) with stride 1 and no padding, x (N, C, H, W), W (C_out, C, K, K); given dout "
+        "(N, C_out, H - K + 1, W - K + 1), return dW and db (eq-conv-dw, eq-conv-db).",
+        lambda g: _conv_inputs(g),
+        _conv2d_param_grads, ("dW", "db"),
+        gradient_of=lambda i: (lambda W: (torch.nn.functional.conv2d(i["x"], W) * i["dout"]).sum(), {"dW": "W"}),
+        mistakes={"the sums run over one image only (the batch is forgotten)": lambda dout, x, W: (
+                      _conv2d_param_grads(dout[:1], x[:1], W)[0], _conv2d_param_grads(dout, x, W)[1]),
+                  "the filter is flipped (a true convolution instead of a correlation)": lambda dout, x, W: (
+                      _conv2d_param_grads(dout, x, W)[0].flip(2, 3), _conv2d_param_grads(dout, x, W)[1])}),
+    Exercise(
+        "12.1", "12_attention", "The softmax's backward pass, row by row",
+        "softmax_backward(dP, S) -> (dS,)",
+        "P = softmax(S) over the last axis of S (..., T, T); given dP, return dS without forming a "
+        "Jacobian (eq-att-dsoftmax).",
+        lambda g: (lambda b, t: dict(dP=_f64(g, b, t, t), S=_f64(g, b, t, t, scale=2)))(_sizes(g, 1, 3), _sizes(g)),
+        _softmax_backward, ("dS",),
+        gradient_of=lambda i: (lambda S: (torch.softmax(S, -1) * i["dP"]).sum(), {"dS": "S"}),
+        mistakes={"only the diagonal of the Jacobian, P (1 - P), is used": lambda dP, S: (
+                      dP * torch.softmax(S, -1) * (1 - torch.softmax(S, -1)),),
+                  "the mean subtracted from dP is not weighted by P": lambda dP, S: (
+                      torch.softmax(S, -1) * (dP - dP.mean(-1, keepdim=True)),)}),
+    Exercise(
+        "12.2", "12_attention", "Scaled dot-product attention's backward pass",
+        "attention_backward(dout, q, k, v) -> (dq, dk, dv)",
+        "out = softmax(q k^T / sqrt(d)) v for q, k, v (..., T, d): given dout, return dq, dk, dv "
+        "(eq-att-dv, eq-att-dsoftmax, eq-att-dq).",
+        lambda g: (lambda b, t, d: dict(dout=_f64(g, b, t, d), q=_f64(g, b, t, d), k=_f64(g, b, t, d),
+                                        v=_f64(g, b, t, d)))(_sizes(g, 1, 3), _sizes(g), _sizes(g, 4, 8)),
+        _attention_backward, ("dq", "dk", "dv"),
+        gradient_of=lambda i: (lambda q, k, v: (attention.attention_forward(q, k, v)[0] * i["dout"]).sum(),
+                               {"dq": "q", "dk": "k", "dv": "v"}),
+        mistakes={"the 1/sqrt(d) scale is missing from dq and dk": lambda dout, q, k, v: tuple(
+                      t * f for t, f in zip(_attention_backward(dout, q, k, v), (q.shape[-1] ** 0.5,) * 2 + (1,))),
+                  "P is not transposed in dv (P dout instead of P^T dout)": lambda dout, q, k, v: (
+                      *_attention_backward(dout, q, k, v)[:2],
+                      torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1) @ dout)}),
 ]
 
 
