@@ -137,6 +137,7 @@ class TransformerBlock(Layer):
                  generator=None, dtype=torch.float32, device=None):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
+        self.d_model = d_model
         self.norm1, self.norm2 = Tokenwise(LayerNorm(d_model, **kw)), Tokenwise(LayerNorm(d_model, **kw))
         self.attention = MultiHeadAttention(d_model, n_heads, generator=generator, **kw)
         mlp = Sequential(Linear(d_model, d_hidden, gain=2 * SMALL_GAIN, generator=generator, **kw), ReLU(),
@@ -148,6 +149,7 @@ class TransformerBlock(Layer):
                 "feed_forward": self.feed_forward}
 
     def forward(self, x):
+        _check_tokens(x, self.d_model, "TransformerBlock")
         r = x + self.attention.forward(self.norm1.forward(x))                  # (eq-tf-attn)
         return r + self.feed_forward.forward(self.norm2.forward(r))            # (eq-tf-ffn)
 

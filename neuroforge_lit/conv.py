@@ -155,6 +155,9 @@ class Reshape(Layer):
         self.shape = shape
 
     def forward(self, x):
+        if -1 not in self.shape and math.prod(x.shape[1:]) != math.prod(self.shape):
+            raise ValueError(f"Reshape{self.shape} needs examples of {math.prod(self.shape)} numbers, "
+                             f"got x of shape {tuple(x.shape)}")
         self.cache = x.shape
         return x.reshape(len(x), *self.shape)
 

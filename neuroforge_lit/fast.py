@@ -14,6 +14,7 @@ import warnings
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential, _check_linear
 from neuroforge_lit.losses import _as_float32_if_16bit, _check_logits_labels
 from neuroforge_lit.norm import BatchNorm1d, LayerNorm, NormCache, _check_affine, _check_batchnorm, running_stats_update
+from neuroforge_lit.norm import statistics_dtype
 from neuroforge_lit.optim import Adam, AdamW
 from neuroforge_lit.optim import GradientDescent
 
@@ -120,7 +121,7 @@ class FastBatchNorm1d(BatchNorm1d):
     """BatchNorm1d whose training mode runs normalize_forward_fast and batchnorm_backward_fast."""
 
     def forward(self, x):
-        if not self.training:                                     # inference mode: the reference
+        if not self.training or x.dtype != statistics_dtype(x.dtype):   # inference, 16-bit: the reference
             return super().forward(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
         _check_batchnorm(x, gamma, beta)
@@ -131,7 +132,7 @@ class FastBatchNorm1d(BatchNorm1d):
         return out
 
     def backward(self, dout, input_grad=True):
-        if not isinstance(self.cache, NormCache):                 # inference mode: the reference
+        if not isinstance(self.cache, NormCache) or self.cache.xhat.dtype != dout.dtype:   # as in forward
             return super().backward(dout, input_grad)
         dx, self.grads["gamma"], self.grads["beta"] = batchnorm_backward_fast(dout, self.cache)
         return dx
@@ -151,10 +152,14 @@ class FastLayerNorm(LayerNorm):
     """LayerNorm that runs layernorm_forward_fast and layernorm_backward_fast."""
 
     def forward(self, x):
+        if x.dtype != statistics_dtype(x.dtype):                  # 16-bit: the reference, in float32
+            return super().forward(x)
         out, self.cache = layernorm_forward_fast(x, self.params["gamma"], self.params["beta"], self.eps)
         return out
 
     def backward(self, dout, input_grad=True):
+        if self.cache.xhat.dtype != dout.dtype:                   # as in forward
+            return super().backward(dout, input_grad)
         dx, self.grads["gamma"], self.grads["beta"] = layernorm_backward_fast(dout, self.cache)
         return dx
 
@@ -180,11 +185,16 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     Same result as ``model.backward(dout, input_grad=False)`` followed by
     ``GradientDescent(lr).step(model.parameters(), model.gradients())``, up to rounding, but each
     Linear layer's weight gradient is folded into its update (one ``addmm_``) and never stored:
-    the Linear layers' gradients are left as they were.
+    the Linear layers' gradients are left as they were. A non-finite dout is refused before anything
+    changes; a NaN or inf that first appears inside the backward pass (an overflow) is not caught,
+    since the upper layers are already updated when the lower ones' gradients are computed.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"sgd_step_fused needs a Sequential model, got {type(model).__name__}")
     GradientDescent(lr)                                           # checks lr before anything changes
+    if not torch.isfinite(dout).all():
+        raise FloatingPointError(f"sgd_step_fused: dout (shape {tuple(dout.shape)}) contains NaN or inf; "
+                                 "nothing was changed")
     first = model.first_with_parameters()                        # nothing below it needs a gradient
     for i in reversed(range(first, len(model.layers))):
         layer, input_grad = model.layers[i], i > first

@@ -13,6 +13,7 @@ from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
 
 __all__ = [
     "NormCache",
+    "statistics_dtype",
     "normalize_forward",
     "normalize_backward",
     "batchnorm_forward",
@@ -46,29 +47,39 @@ def _check_affine(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, name
                          f"({x.shape[1]},); got gamma {tuple(gamma.shape)}, beta {tuple(beta.shape)}")
 
 
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the statistics are computed in: float32 for 16-bit inputs, else the input's."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def normalize_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, dim: int,
                       eps: float = 1e-5):
-    """gamma * (x - mean) / sqrt(var + eps) + beta, statistics along `dim` -> (out, NormCache)."""
+    """gamma * (x - mean) / sqrt(var + eps) + beta, statistics along `dim` -> (out, NormCache).
+    16-bit inputs: statistics in float32, the output in the input's dtype."""
+    x_dtype = x.dtype
+    x = x.to(statistics_dtype(x_dtype))
     mean = x.mean(dim, keepdim=True)                       # (eq-norm-mean)
     centred = x - mean                                     # (eq-norm-centre)
     var = (centred * centred).mean(dim, keepdim=True)      # (eq-norm-var)
     inv_std = 1 / torch.sqrt(var + eps)                    # (eq-norm-invstd)
     xhat = centred * inv_std                               # (eq-norm-xhat)
     out = gamma * xhat + beta                              # (eq-norm-out)
-    return out, NormCache(xhat, inv_std, gamma, mean, var, dim)
+    return out.to(x_dtype), NormCache(xhat, inv_std, gamma, mean, var, dim)
 
 
 # book/03_normalization.md, section "Collapsing to a compact form"
 def normalize_backward(dout: torch.Tensor, cache: NormCache):
-    """Gradients of normalize_forward: dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,)."""
+    """Gradients of normalize_forward: dout (N, D) -> dx (N, D), dgamma (D,), dbeta (D,), in the
+    dtypes of dout and gamma (the arithmetic in the statistics' dtype)."""
     xhat, inv_std, gamma, _, _, dim = cache
-    dbeta = dout.sum(0)                                                     # (eq-norm-dparams)
-    dgamma = (dout * xhat).sum(0)                                           # (eq-norm-dparams)
-    dxhat = gamma * dout                                                    # (eq-norm-dparams)
+    dy = dout.to(xhat.dtype)                                                # float32 for 16-bit
+    dbeta = dy.sum(0)                                                       # (eq-norm-dparams)
+    dgamma = (dy * xhat).sum(0)                                             # (eq-norm-dparams)
+    dxhat = gamma * dy                                                      # (eq-norm-dparams)
     mean_dxhat = dxhat.mean(dim, keepdim=True)
     mean_dxhat_xhat = (dxhat * xhat).mean(dim, keepdim=True)
     dx = inv_std * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)            # (eq-norm-dx)
-    return dx, dgamma, dbeta
+    return dx.to(dout.dtype), dgamma.to(gamma.dtype), dbeta.to(gamma.dtype)
 
 
 # book/03_normalization.md, section "Batch norm: the batch axis, and running statistics"
@@ -100,19 +111,22 @@ def running_stats_update(running_mean, running_var, cache: NormCache, momentum: 
 def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps: float = 1e-5):
     """Inference-mode batch norm with running statistics (any batch size) -> (out, cache)."""
     _check_affine(x, gamma, beta, "batchnorm_eval_forward")
-    inv_std = 1 / torch.sqrt(running_var + eps)
-    xhat = (x - running_mean) * inv_std
+    x_dtype = x.dtype
+    x = x.to(statistics_dtype(x_dtype))                                          # as in training
+    inv_std = 1 / torch.sqrt(running_var.to(x.dtype) + eps)
+    xhat = (x - running_mean.to(x.dtype)) * inv_std
     out = gamma * xhat + beta                                                    # (eq-bn-eval)
-    return out, (xhat, gamma * inv_std)
+    return out.to(x_dtype), (xhat, gamma * inv_std)
 
 
 def batchnorm_eval_backward(dout, cache):
     """Gradients of inference-mode batch norm -> dx, dgamma, dbeta."""
     xhat, scale = cache
-    dx = dout * scale                                                            # (eq-bn-eval)
-    dgamma = (dout * xhat).sum(0)                                                # (eq-norm-dparams)
-    dbeta = dout.sum(0)                                                          # (eq-norm-dparams)
-    return dx, dgamma, dbeta
+    dy = dout.to(xhat.dtype)                                                     # float32 for 16-bit
+    dx = dy * scale                                                              # (eq-bn-eval)
+    dgamma = (dy * xhat).sum(0)                                                  # (eq-norm-dparams)
+    dbeta = dy.sum(0)                                                            # (eq-norm-dparams)
+    return dx.to(dout.dtype), dgamma.to(dout.dtype), dbeta.to(dout.dtype)
 
 
 # book/03_normalization.md, section "Layer norm: the feature axis, and nothing to remember"
@@ -132,8 +146,9 @@ class BatchNorm1d(Layer):
         self.momentum, self.eps = momentum, eps
         self.params = {"gamma": torch.ones(d, dtype=dtype, device=device),
                        "beta": torch.zeros(d, dtype=dtype, device=device)}
-        self.buffers = {"running_mean": torch.zeros(d, dtype=dtype, device=device),
-                        "running_var": torch.ones(d, dtype=dtype, device=device)}
+        stats = statistics_dtype(dtype)                # float32 for a 16-bit layer, like its statistics
+        self.buffers = {"running_mean": torch.zeros(d, dtype=stats, device=device),
+                        "running_var": torch.ones(d, dtype=stats, device=device)}
 
     def forward(self, x):
         gamma, beta = self.params["gamma"], self.params["beta"]

@@ -24,11 +24,13 @@ __all__ = [
 
 # book/02_mlp.md, section "Gradient descent and the training loop"
 def check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    """Raise, naming the parameter, unless each gradient matches its parameter in shape, dtype and
-    device."""
+    """Raise, naming the parameter, unless each parameter is a floating-point tensor and each
+    gradient matches its parameter in shape, dtype and device."""
     if len(params) != len(grads):
         raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
     for i, (p, g) in enumerate(zip(params, grads)):
+        if not p.is_floating_point():
+            raise TypeError(f"parameter {i} is {p.dtype}: only floating-point tensors can take a step")
         if p.shape != g.shape:
             raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but its gradient has "
                              f"shape {tuple(g.shape)}")

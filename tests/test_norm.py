@@ -138,3 +138,34 @@ def test_batch_norm_declares_its_running_statistics_as_buffers(gen):
     other = BatchNorm1d(4, dtype=torch.float64)
     other.load_state_dict(state)
     assert torch.equal(other.buffers["running_var"], bn.buffers["running_var"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 300.0, 1e4])
+def test_16_bit_inputs_are_normalised_in_float32(dtype, scale):
+    """The statistics of 16-bit inputs are computed in float32: in float16 the variance of values
+    around 300 overflows (65504 is its largest number), and the output would silently be beta."""
+    from neuroforge_lit.fast import FastBatchNorm1d, FastLayerNorm
+    from neuroforge_lit.norm import BatchNorm1d, LayerNorm, batchnorm_forward, layernorm_forward, normalize_backward
+
+    g = torch.Generator().manual_seed(0)
+    x64 = scale * (1 + torch.randn(16, 8, dtype=torch.float64, generator=g))
+    x = x64.to(dtype)
+    gamma, beta = torch.ones(8, dtype=dtype), torch.full((8,), 0.5, dtype=dtype)
+    tolerance = 0.02 if dtype == torch.float16 else 0.1           # 16-bit outputs: about 3 or 2 digits
+    for forward, dim in ((batchnorm_forward, 0), (layernorm_forward, -1)):
+        out, cache = forward(x, gamma, beta)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        xd = x.double()                                           # the reference: the same 16-bit input
+        expected = (xd - xd.mean(dim, keepdim=True)) / torch.sqrt(xd.var(dim, correction=0, keepdim=True) + 1e-5) + 0.5
+        assert (out.double() - expected).abs().max() < tolerance
+        dx, dgamma, dbeta = normalize_backward(torch.ones_like(x), cache)
+        assert dx.dtype == dgamma.dtype == dbeta.dtype == dtype and torch.isfinite(dx).all()
+    for layer in (BatchNorm1d(8, dtype=dtype), LayerNorm(8, dtype=dtype), FastBatchNorm1d(8, dtype=dtype),
+                  FastLayerNorm(8, dtype=dtype)):
+        out = layer.forward(x)
+        assert out.dtype == dtype and torch.isfinite(out).all() and out.double().std() > 0.5, type(layer).__name__
+        assert layer.backward(torch.ones_like(out)).dtype == dtype
+        layer.eval()
+        assert torch.isfinite(layer.forward(x)).all(), type(layer).__name__      # running statistics too
+    assert BatchNorm1d(8, dtype=dtype).buffers["running_var"].dtype == torch.float32

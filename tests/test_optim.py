@@ -257,3 +257,27 @@ def test_non_finite_first_gradient_leaves_no_state(make, gen):
         opt.step(p, grads)
     assert opt.t == 0 and opt.state == [] and opt.state_dict() == make().state_dict()
     assert_tensors_equal(p, before, "p vs before")
+
+
+@pytest.mark.parametrize("make", [lambda: GradientDescent(0.1), lambda: SGD(0.1, momentum=0.9), lambda: Adam(0.1),
+                                  lambda: AdamW(0.1), lambda: ForeachAdamW(0.1), lambda: FusedAdamW(0.1)])
+def test_an_integer_parameter_is_refused_before_any_parameter_changes(make):
+    params = [torch.ones(2), torch.ones(2, dtype=torch.long)]
+    grads = [torch.ones(2), torch.ones(2, dtype=torch.long)]
+    with pytest.raises(TypeError, match="parameter 1 is torch.int64"):
+        make().step(params, grads)
+    assert torch.equal(params[0], torch.ones(2))
+
+
+def test_the_fused_sgd_step_refuses_a_non_finite_gradient_with_nothing_changed():
+    from neuroforge_lit.fast import sgd_step_fused
+    from neuroforge_lit.layers import mlp
+    from neuroforge_lit.losses import softmax_cross_entropy
+
+    model = mlp([3, 4, 2], generator=torch.Generator().manual_seed(0))
+    _, dout = softmax_cross_entropy(model.forward(torch.randn(5, 3)), torch.tensor([0, 1, 0, 1, 1]))
+    dout[2, 1] = float("inf")
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match=r"dout \(shape \(5, 2\)\) contains NaN or inf"):
+        sgd_step_fused(model, dout, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
