@@ -46,7 +46,7 @@ def _check_conv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, stride: int, 
 
 
 def im2col(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C*K*K, H'*W'): column (i, j) holds the window under output (i, j)."""
+    """``(N, C, H, W) -> (N, C*K*K, H'*W')``: column (i, j) holds the window under output (i, j)."""
     return F.unfold(x, kernel, padding=padding, stride=stride)               # (eq-conv-im2col)
 
 
@@ -148,7 +148,7 @@ class MaxPool2d(Layer):
 
 
 class Reshape(Layer):
-    """Reshapes every example: (N, ...) -> (N, *shape); backward reshapes the gradient back."""
+    """Reshapes every example: ``(N, ...) -> (N, *shape)``; backward reshapes the gradient back."""
 
     def __init__(self, *shape: int):
         super().__init__()
