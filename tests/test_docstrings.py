@@ -19,7 +19,7 @@ import neuroforge_lit
 for _role in ("class", "func", "meth", "mod", "attr", "data", "exc", "obj"):
     roles.register_generic_role(_role, nodes.literal)
 
-MODULES = list(neuroforge_lit.GENERATED_MODULES) + ["data", "quick", "testing", "exercises"]
+MODULES = neuroforge_lit.GENERATED_MODULES + neuroforge_lit.HAND_WRITTEN_MODULES
 
 
 def documented_objects(module):

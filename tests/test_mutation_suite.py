@@ -7,31 +7,21 @@ test suite cannot disagree about what is checked."""
 from pathlib import Path
 
 import pytest
-from booktools.tangle import _markdown
+from booktools.tangle import chapter_cells
 
 from neuroforge_lit.testing import gradient_check
 
-CHECKS_PAGE = Path(__file__).resolve().parents[1] / "book" / "checks.md"
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS_PAGE = "book/checks.md"
 LAST_CELL_MARK = "assert not unexplained"      # the cell that explains or refuses every survivor
-
-
-def page_cells(path: Path) -> list[tuple[int, str]]:
-    """(line, code) of each code cell of a MyST page, options (':tags: ...') left out."""
-    cells = []
-    for token in _markdown().parse(path.read_text()):
-        if token.type == "fence" and token.info.startswith("{code-cell}"):
-            lines = token.content.splitlines()
-            while lines and lines[0].startswith(":"):
-                lines.pop(0)
-            cells.append((token.map[0] + 1, "\n".join(lines)))
-    return cells
 
 
 @pytest.fixture(scope="module")
 def suite() -> dict:
     """The namespace of the page after its checks and its mutants have run."""
     namespace: dict = {"__name__": "checks_page"}
-    for line, code in page_cells(CHECKS_PAGE):
+    _, _, code_cells = chapter_cells(ROOT, CHECKS_PAGE)     # the tangler's reading: (line, code) per cell
+    for line, code in code_cells:
         exec(compile(code, f"{CHECKS_PAGE}:{line}", "exec"), namespace)
         if LAST_CELL_MARK in code:
             return namespace

@@ -280,4 +280,4 @@ def test_the_fused_sgd_step_refuses_a_non_finite_gradient_with_nothing_changed()
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(FloatingPointError, match=r"dout \(shape \(5, 2\)\) contains NaN or inf"):
         sgd_step_fused(model, dout, 0.1)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert_tensors_equal(model.parameters(), before, "parameters after the refused step vs before")
