@@ -189,9 +189,9 @@ def conv_steps(batch, device, compiled=True, lr=2e-3):
     reference = convnet(generator=torch.Generator().manual_seed(0), device=device)
     fast = speed_up(copy.deepcopy(reference))
     torch_model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
-                                nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                                nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
+                                nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
     return {"reference": _hand_step(reference, Adam(lr), x, y),
             "fast": _hand_step(fast, FusedAdamW(lr, weight_decay=0.0), x, y, softmax_cross_entropy_fast),
             **_torch_sides(torch_model, lambda ps: _best(torch.optim.Adam, ps, lr=lr), x, y, compiled)}

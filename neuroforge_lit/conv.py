@@ -166,18 +166,20 @@ class Reshape(Layer):
 
 
 # book/11_convolutions.md, section "Layers, and a small convolutional network"
-def convnet(channels=(16, 32), hidden: int = 128, classes: int = 10, *, image=(1, 28, 28), generator=None,
-            dtype=torch.float32, device=None):
-    """Conv(5x5, same) -> ReLU -> MaxPool(2), once per entry of `channels`, then an MLP head.
+def convnet(channels=(16, 32), hidden: int = 128, classes: int = 10, *, padding: int = 0, image=(1, 28, 28),
+            generator=None, dtype=torch.float32, device=None):
+    """Conv(5x5) -> ReLU -> MaxPool(2), once per entry of `channels`, then an MLP head. padding=0 is
+    LeNet's "valid" convolution (28 -> 24 -> 12 -> 8 -> 4); padding=2 keeps the size ("same").
     Takes flat rows of C*H*W pixels, as the MNIST loader gives them."""
     from neuroforge_lit.layers import Linear, ReLU, Sequential
 
     c, h, w = image
     layers: list[Layer] = [Reshape(c, h, w)]
     for c_out in channels:
-        layers += [Conv2d(c, c_out, 5, padding=2, generator=generator, dtype=dtype, device=device),
+        layers += [Conv2d(c, c_out, 5, padding=padding, generator=generator, dtype=dtype, device=device),
                    ReLU(), MaxPool2d(2)]
-        c, h, w = c_out, h // 2, w // 2
+        h, w = conv_output_size(h, 5, 1, padding) // 2, conv_output_size(w, 5, 1, padding) // 2
+        c = c_out
     layers += [Reshape(c * h * w),
                Linear(c * h * w, hidden, generator=generator, dtype=dtype, device=device), ReLU(),
                Linear(hidden, classes, generator=generator, dtype=dtype, device=device)]

@@ -85,7 +85,7 @@ def test_layers_match_torch_and_follow_the_layer_protocol(gen):
 
 
 def test_convnet_backward_checks_against_autograd(gen):
-    net = convnet(channels=(2, 3), hidden=6, image=(1, 8, 8), generator=torch.Generator().manual_seed(1),
+    net = convnet(channels=(2, 3), hidden=6, padding=2, image=(1, 8, 8), generator=torch.Generator().manual_seed(1),
                   dtype=torch.float64)
     x, y = f64(4, 64, gen=gen), torch.tensor([0, 3, 9, 3])
     _, dz = softmax_cross_entropy(net.forward(x), y)
@@ -147,3 +147,12 @@ def test_conv_and_pool_bad_settings_are_refused():
         maxpool2d_forward(torch.zeros(1, 1, 2, 2), 3)
     with pytest.raises(ValueError, match="stride"):
         maxpool2d_forward(x, 2, 0)
+
+
+@pytest.mark.parametrize("padding, features", [(0, 32 * 4 * 4), (2, 32 * 7 * 7)])
+def test_convnet_sizes_its_head_for_the_padding(padding, features):
+    """Valid convolutions shrink 28 -> 24 -> 12 -> 8 -> 4, same ones 28 -> 14 -> 7; the hidden layer
+    must be built for whichever the padding gives."""
+    net = convnet(padding=padding, generator=torch.Generator().manual_seed(0))
+    assert net.layers[-3].params["W"].shape[0] == features
+    assert net.forward(torch.rand(3, 784)).shape == (3, 10)
