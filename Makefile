@@ -48,15 +48,18 @@ test: check lint                 ## the tangle check, lint, the test suite, and 
 	$(BIN)/python -m coverage run -m pytest
 	$(BIN)/python tools/untested_exports.py
 
-book: tangle                     ## tangle, then execute every chapter and build _build/html
+# The chapters execute first, two at a time on one thread each (booktools/execute.py), into the
+# cache the Jupyter Book build reads; the build then executes only what that step left out.
+book: tangle                     ## tangle, execute the chapters not yet cached, build _build/html
+	$(BOOKTOOLS) execute --build-dir $(BOOK_OUT)/_build
 	$(BIN)/jupyter-book build . --keep-going -W --path-output $(BOOK_OUT)
 
 browser-test: setup               ## check the built HTML in headless Chromium (after make book)
 	$(BIN)/python tools/browser_check.py
 
-chapter: tangle                  ## execute one chapter alone: make chapter CH=03 [QUICK=1]
+chapter: tangle                  ## execute one chapter alone: make chapter CH=03 [QUICK=1] [THREADS=2]
 	@test -n "$(CH)" || { echo "usage: make chapter CH=03 (a chapter number or file stem)"; exit 2; }
-	$(BOOKTOOLS) chapter $(CH)
+	$(BOOKTOOLS) chapter $(CH) $(if $(THREADS),--threads $(THREADS))
 
 bench: setup                     ## print and save the benchmark figures (benchmarks/results/)
 	$(BIN)/python benchmarks/step_time.py

@@ -26,24 +26,27 @@ EDIT_MARK = "#| export neuroforge_lit.norm\n"
 
 
 class KernelMemory(threading.Thread):
-    """Polls /proc for ipykernel processes and records each one's peak resident memory (VmHWM)."""
+    """Polls /proc for ipykernel processes and records each one's peak resident memory (VmHWM),
+    by chapter: `make book` starts each kernel from a `booktools chapter <stem>` process."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peaks: dict[int, int] = {}   # pid -> kB, in order of first sight
+        self.peaks: dict[str, int] = {}   # chapter stem -> kB
         self.running = True
 
     def run(self):
         while self.running:
             for status in Path("/proc").glob("[0-9]*/status"):
                 try:
-                    cmdline = (status.parent / "cmdline").read_bytes()
-                    if b"ipykernel" not in cmdline:
+                    if b"ipykernel" not in (status.parent / "cmdline").read_bytes():
                         continue
-                    hwm = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-                    if hwm:
-                        pid = int(status.parent.name)
-                        self.peaks[pid] = max(self.peaks.get(pid, 0), int(hwm.group(1)))
+                    text = status.read_text()
+                    hwm = re.search(r"VmHWM:\s+(\d+) kB", text)
+                    parent = re.search(r"PPid:\s+(\d+)", text)
+                    runner = Path(f"/proc/{parent.group(1)}/cmdline").read_bytes().split(b"\0") if parent else []
+                    if hwm and b"chapter" in runner:
+                        stem = runner[runner.index(b"chapter") + 1].decode()
+                        self.peaks[stem] = max(self.peaks.get(stem, 0), int(hwm.group(1)))
                 except OSError:
                     continue
             time.sleep(0.5)
@@ -56,7 +59,10 @@ def make_book() -> tuple[float, list[str]]:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-5000:])
         raise SystemExit(f"make book failed (exit {proc.returncode})")
-    executed = re.findall(r"(book/[\w.-]+\.md): Executing notebook", proc.stdout + proc.stderr)
+    # Chapters run by `booktools execute` before Sphinx, and any Sphinx had to execute itself.
+    output = proc.stdout + proc.stderr
+    executed = re.findall(r"execute: (book/[\w.-]+\.md) done", output)
+    executed += re.findall(r"(book/[\w.-]+\.md): Executing notebook", output)
     return seconds, executed
 
 
@@ -76,8 +82,7 @@ def main() -> None:
     memory.running = False
     memory.join()
     per_chapter = execution_seconds()
-    peaks_mib = [kb / 1024 for kb in memory.peaks.values()]
-    kernel_peak = dict(zip(clean_executed, peaks_mib))
+    kernel_peak = {f"book/{stem}.md": kb / 1024 for stem, kb in memory.peaks.items()}
 
     nochange_s, nochange_executed = make_book()
 
@@ -98,7 +103,7 @@ def main() -> None:
     print(f"clean make book: {clean_s:.0f} s ({len(clean_executed)} chapters executed)")
     print(f"no-change rebuild: {nochange_s:.1f} s (executed: {nochange_executed or 'none'})")
     print(f"after editing one exported cell of {EDIT_CHAPTER}: {edit_s:.0f} s, re-executed {edit_executed}")
-    print(f"largest kernel peak memory: {max(peaks_mib):.0f} MiB")
+    print(f"largest kernel peak memory: {max(kernel_peak.values()):.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "book_build.json"
     out.write_text(json.dumps({

@@ -36,7 +36,9 @@ only: after an edit to chapter 2's exported code, chapter 3 (which imports it fr
 1. appends a hidden code cell holding a fingerprint of every package module the chapter imports
    (directly or through other modules), which changes the cache key when one of them changes.
    The fingerprint is a hash of the module's syntax tree without docstrings, so an edit to a
-   comment, a docstring or a provenance line re-executes nothing;
+   comment, a docstring or a provenance line re-executes nothing. The cell comes from
+   ``booktools.execute.fingerprint_cell``, which ``make book`` also uses when it executes the
+   chapters two at a time before Sphinx starts (so the two find the same cache entries);
 2. tells Sphinx the chapter depends on those files (``note_dependency``), without which Sphinx
    would not even re-read an unchanged chapter.
 """
@@ -44,7 +46,6 @@ only: after an edit to chapter 2's exported code, chapter 3 (which imports it fr
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 import shutil
 import sys
@@ -56,7 +57,8 @@ from docutils import nodes
 from sphinx import addnodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
-from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, chapter_dependencies  # noqa: E402
+from booktools.execute import fingerprint_cell  # noqa: E402
+from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME  # noqa: E402
 from neuroforge_lit.quick import MARKER, is_quick_run  # noqa: E402
 
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
@@ -64,34 +66,15 @@ MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equati
                         re.DOTALL)
 
 
-def _code_fingerprint(path: Path) -> str:
-    """A hash of a module's code: its syntax tree without docstrings (comments and line numbers
-    are not in the tree), so only changes that can change what a chapter computes count."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
-
-
 def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
     path = Path(app.env.doc2path(docname))
     if path.suffix != ".md" or "kernelspec:" not in source[0][:1000]:
         return  # not a notebook chapter
     root = Path(app.srcdir)
-    deps = chapter_dependencies(root, str(path.relative_to(root)))
-    if not deps:
-        return
-    lines = [f"# quick run: {'yes' if is_quick_run() else 'no'}"]
+    cell, deps = fingerprint_cell(root, str(path.relative_to(root)))
     for dep in deps:
         app.env.note_dependency(str(dep))
-        lines.append(f"# {dep.relative_to(root)} {_code_fingerprint(dep)}")
-    source[0] += ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n"
-                  "# The package modules this chapter runs on (re-executes when they change):\n"
-                  + "\n".join(lines) + "\n```\n")
+    source[0] += cell
 
 
 def _refuse_quick_figures(app, doctree) -> None:

@@ -1,15 +1,16 @@
-"""The book's tooling command: ``python -m booktools tangle [--check]`` and ``python -m booktools
-chapter 03`` (``make tangle``, ``make check``, ``make chapter CH=03``). Hand-written; not part of
-the installed package."""
+"""The book's tooling command: ``python -m booktools tangle [--check]``, ``python -m booktools
+chapter 03`` and ``python -m booktools execute`` (``make tangle``, ``make check``,
+``make chapter CH=03``, the first step of ``make book``). Hand-written; not part of the installed
+package."""
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from booktools import tangle as tangler
+from booktools.execute import book_threads, execute_book, execute_chapter, is_notebook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("chapter", help="execute one chapter alone (needs the `book` extra)")
     c.add_argument("chapter", help="a chapter number (03) or file stem (03_normalization)")
     c.add_argument("--root", type=Path, default=None)
+    c.add_argument("--out", type=Path, default=None,
+                   help="where the executed notebook goes (default _build/chapters/<stem>.ipynb)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the kernel (default: the book's, one unless the chapter runs alone)")
+    e = sub.add_parser("execute", help="execute the chapters missing from the book's cache, two at a time")
+    e.add_argument("--root", type=Path, default=None)
+    e.add_argument("--build-dir", type=Path, default=None, help="the build's _build folder (default <root>/_build)")
+    e.add_argument("--jobs", type=int, default=2, help="chapters side by side (default 2)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "chapter":
-            root = (args.root or tangler.find_root(Path.cwd())).resolve()
-            return run_chapter(root, args.chapter)
         root = (args.root or tangler.find_root(Path.cwd())).resolve()
+        if args.command == "chapter":
+            return run_chapter(root, args.chapter, args.out, args.threads)
+        if args.command == "execute":
+            if args.jobs < 1:
+                parser.error(f"--jobs must be at least 1, not {args.jobs}")
+            return execute_book(root, (args.build_dir or root / "_build").resolve(), args.jobs)
         if args.check:
             diff = tangler.check(root)
             if diff:
@@ -45,14 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run_chapter(root: Path, which: str) -> int:
-    """Execute one chapter in a fresh kernel; on failure print `chapter.md:LINE`, the line, and the
-    error with its message (a quick run: ``NEUROFORGE_QUICK=1`` in the environment)."""
+def run_chapter(root: Path, which: str, out: Path | None = None, threads: int | None = None) -> int:
+    """Execute one chapter in a fresh kernel, on the book's thread count (or ``threads``); on failure
+    print `chapter.md:LINE`, the line, and the error (a quick run: ``NEUROFORGE_QUICK=1``)."""
+    import os
     import time
-
-    import jupytext
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     from neuroforge_lit.quick import is_quick_run
 
@@ -61,44 +70,25 @@ def run_chapter(root: Path, which: str) -> int:
         print(f"error: '{which}' matches {matches or 'no chapter'} in _toc.yml", file=sys.stderr)
         return 2
     chapter = matches[0]
-    _, _, code_cells = tangler.chapter_cells(root, chapter)
-    nb = jupytext.read(root / chapter)
+    if not is_notebook(root, chapter):
+        print(f"error: {chapter} has no kernelspec in its front matter: nothing in it executes", file=sys.stderr)
+        return 2
+    environment = book_threads(root, chapter) if threads is None else \
+        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    os.environ.update(environment)                     # the kernel inherits this process's environment
+    out = (out or root / "_build" / "chapters" / f"{Path(chapter).stem}.ipynb").resolve()
     start = time.perf_counter()
-    try:
-        where = {"metadata": {"path": str((root / chapter).parent)}}
-        NotebookClient(nb, timeout=1200, resources=where).execute()
-    except CellExecutionError as e:
-        print(failure_report(chapter, nb, code_cells, e), file=sys.stderr)
+    failure = execute_chapter(root, chapter, out)
+    if failure:
+        print(failure, file=sys.stderr)
         return 1
-    finally:
-        out = root / "_build" / "chapters" / f"{Path(chapter).stem}.ipynb"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        jupytext.write(nb, out)
     mode = " (quick run: small budgets, every check)" if is_quick_run() else ""
-    print(f"{chapter}: executed in {time.perf_counter() - start:.1f} s{mode}; outputs in {out.relative_to(root)}")
+    where = out.relative_to(root) if out.is_relative_to(root) else out
+    n = environment.get("OMP_NUM_THREADS")
+    cores = "every core" if n is None else f"{n} thread" + ("s" if n != "1" else "")
+    print(f"{chapter}: executed in {time.perf_counter() - start:.1f} s on {cores}{mode}; outputs in {where}")
     return 0
 
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CELL_FRAME = re.compile(r"Cell In\[\d+\], line (\d+)")
-
-
-def failure_report(chapter: str, nb, code_cells: list[tuple[int, str]], error: Exception) -> str:
-    """`chapter.md:LINE: cell failed with Error: message`, then the failing line of the chapter.
-    The line is the cell's own line that raised (or called what raised), from the traceback."""
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    failed = next((i for i, c in enumerate(code)
-                   if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-    if failed is None or failed >= len(code_cells):
-        return f"error: {chapter}: {error}"
-    err = next(o for o in code[failed].outputs if o.get("output_type") == "error")
-    first_line, source = code_cells[failed]
-    frame = CELL_FRAME.search(ANSI.sub("", "\n".join(err.get("traceback", []))))
-    offset = int(frame.group(1)) - 1 if frame else 0
-    line = first_line + offset
-    shown = source.splitlines()[offset].strip() if offset < len(source.splitlines()) else ""
-    what = f"{err.get('ename', 'error')}: {err.get('evalue', '')}".strip()
-    return f"error: {chapter}:{line}: cell failed with {what}" + (f"\n    at: {shown}" if shown else "")
 
 if __name__ == "__main__":
     sys.exit(main())
