@@ -13,6 +13,7 @@ import json
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -21,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-EDIT_CHAPTER = "book/03_normalization.md"       # exports neuroforge_lit.norm
-EDIT_MARK = "#| export neuroforge_lit.norm\n"
+# A module only its own chapter imports: editing a module that chapter 1's exercise checker imports
+# (norm, layers, ...) re-executes every chapter, which is the clean build again.
+EDIT_CHAPTER = "book/09_parallel.md"            # exports neuroforge_lit.parallel
+EDIT_MARK = "#| export neuroforge_lit.parallel\n"
 
 
 class KernelMemory(threading.Thread):
@@ -75,6 +78,7 @@ def execution_seconds() -> dict[str, float]:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))   # restore the edit
     shutil.rmtree(ROOT / "_build", ignore_errors=True)
     memory = KernelMemory()
     memory.start()

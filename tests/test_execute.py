@@ -154,3 +154,51 @@ def test_a_chapter_says_how_it_runs_in_its_front_matter(tmp_path):
     assert E.book_threads(root, "book/b.md") == {}
     with pytest.raises(TangleError, match=r"book/c\.md:7: .*must be 'alone' or 'beside', not 'lonely'"):
         E.runs_alone(root, "book/c.md")
+
+
+def test_stopping_the_book_stops_its_chapters_and_their_kernels(tmp_path):
+    """SIGTERM to `booktools execute` (CI's timeout, or a user's kill) leaves no kernel running."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "sleeper.pids"          # the kernel's pid and its chapter runner's
+    root = make_book(tmp_path, {"a": chapter(code(f"""
+        import os, time
+        from pathlib import Path
+        Path({str(pid_file)!r}).write_text(f"{{os.getpid()}} {{os.getppid()}}")
+        time.sleep(300)
+    """))})
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    book = subprocess.Popen([sys.executable, "-m", "booktools", "execute", "--root", str(root)],
+                            env={**os.environ, "PYTHONPATH": str(tools)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    pids = []
+    try:
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        pids = [int(pid) for pid in pid_file.read_text().split()]
+        book.send_signal(signal.SIGTERM)
+        output, _ = book.communicate(timeout=60)
+        assert book.returncode == 128 + signal.SIGTERM, output
+        assert "stopping book/a.md" in output
+        for _ in range(50):
+            if not any(_alive(pid) for pid in pids):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids), f"processes outlived `booktools execute`: {pids}"
+    finally:
+        book.kill()
+        for pid in pids:                          # clean up after a failure, too
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

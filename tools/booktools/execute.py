@@ -220,6 +220,9 @@ def execute_book(root: Path, build_dir: Path, jobs: int = 2) -> int:
     print(f"execute: {len(chapters) - len(todo)} of {len(chapters)} chapters cached; {len(beside)} to run "
           f"{jobs} at a time on one thread each, then {len(alone)} alone", flush=True)
     start = time.monotonic()
+    # Stopped from outside (SIGTERM, as CI or `timeout` do), unwind so that _run stops the chapters
+    # still running, kernels included; Ctrl-C (KeyboardInterrupt) unwinds the same way.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     failed = _run(root, build_dir, cache, beside, jobs) or _run(root, build_dir, cache, alone, 1)
     if failed:
         return 1
