@@ -58,7 +58,7 @@ from sphinx import addnodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
 from booktools.execute import fingerprint_cell  # noqa: E402
-from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME  # noqa: E402
+from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, is_notebook  # noqa: E402
 from neuroforge_lit.quick import MARKER, is_quick_run  # noqa: E402
 
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
@@ -67,11 +67,11 @@ MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equati
 
 
 def _add_dependency_cell(app, docname: str, source: list[str]) -> None:
-    path = Path(app.env.doc2path(docname))
-    if path.suffix != ".md" or "kernelspec:" not in source[0][:1000]:
-        return  # not a notebook chapter
-    root = Path(app.srcdir)
-    cell, deps = fingerprint_cell(root, str(path.relative_to(root)))
+    path, root = Path(app.env.doc2path(docname)), Path(app.srcdir)
+    chapter = str(path.relative_to(root))
+    if path.suffix != ".md" or not is_notebook(root, chapter):
+        return
+    cell, deps = fingerprint_cell(root, chapter)
     for dep in deps:
         app.env.note_dependency(str(dep))
     source[0] += cell

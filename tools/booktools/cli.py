@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from booktools import tangle as tangler
-from booktools.execute import book_threads, execute_book, execute_chapter, is_notebook
+from booktools.execute import book_threads, execute_book, execute_chapter, thread_environment
+from booktools.tangle import is_notebook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +74,7 @@ def run_chapter(root: Path, which: str, out: Path | None = None, threads: int | 
     if not is_notebook(root, chapter):
         print(f"error: {chapter} has no kernelspec in its front matter: nothing in it executes", file=sys.stderr)
         return 2
-    environment = book_threads(root, chapter) if threads is None else \
-        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    environment = book_threads(root, chapter) if threads is None else thread_environment(threads)
     os.environ.update(environment)                     # the kernel inherits this process's environment
     out = (out or root / "_build" / "chapters" / f"{Path(chapter).stem}.ipynb").resolve()
     start = time.perf_counter()

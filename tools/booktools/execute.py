@@ -44,14 +44,13 @@ from pathlib import Path
 
 import yaml
 
-from booktools.tangle import TangleError, chapter_dependencies, toc_chapters
+from booktools.tangle import TangleError, chapter_dependencies, front_matter, is_notebook, toc_chapters
 from neuroforge_lit.files import atomic_write
 from neuroforge_lit.quick import is_quick_run
 
 ALONE = "alone"
 CHAPTER_TIMEOUT = 3 * 3600      # seconds for one whole chapter; each cell has its own limit (_config.yml)
 GRACE = 10                      # seconds a stopped chapter gets to end its kernel before it is killed
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # torch sizes its thread pool from these
 
 
 # --------------------------------------------------------------------------- the notebook Sphinx reads
@@ -81,23 +80,6 @@ def fingerprint_cell(root: Path, chapter: str) -> tuple[str, list[Path]]:
             "# The package modules this chapter runs on (re-executes when they change):\n"
             + "\n".join(lines) + "\n```\n")
     return cell, deps
-
-
-def front_matter(root: Path, chapter: str) -> dict:
-    text = (root / chapter).read_text(encoding="utf-8")
-    if not text.startswith("---\n"):
-        return {}
-    end = text.find("\n---", 4)
-    try:
-        found = yaml.safe_load(text[4:end]) if end > 0 else None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", 0) + 2
-        raise TangleError(f"{chapter}:{line}: front matter is not valid YAML ({e})") from None
-    return found if isinstance(found, dict) else {}
-
-
-def is_notebook(root: Path, chapter: str) -> bool:
-    return "kernelspec" in front_matter(root, chapter)
 
 
 def runs_alone(root: Path, chapter: str) -> bool:
@@ -130,9 +112,14 @@ def cell_timeout(root: Path) -> int:
 
 # --------------------------------------------------------------------------- one chapter, one process
 
+def thread_environment(threads: int) -> dict[str, str]:
+    """Environment variables that give a kernel ``threads`` threads (torch sizes its pool from them)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def book_threads(root: Path, chapter: str) -> dict[str, str]:
     """The environment a chapter's kernel gets: one thread, unless the chapter runs alone."""
-    return {} if runs_alone(root, chapter) else dict(ONE_THREAD)
+    return {} if runs_alone(root, chapter) else thread_environment(1)
 
 
 def execute_chapter(root: Path, chapter: str, out: Path) -> str | None:

@@ -122,14 +122,34 @@ def _is_closed(lines: list[str], token) -> bool:
     return bool(last) and set(last) == {token.markup[0]} and len(last) >= len(token.markup)
 
 
+def front_matter(root: Path, chapter: str) -> dict:
+    """A chapter's YAML front matter ({} if it has none)."""
+    return _front_matter(_markdown().parse((root / chapter).read_text(encoding="utf-8")), chapter)
+
+
+def is_notebook(root: Path, chapter: str) -> bool:
+    """True for a chapter that executes: its front matter names a kernelspec."""
+    return "kernelspec" in front_matter(root, chapter)
+
+
+def _front_matter(tokens, chapter: str) -> dict:
+    if not (tokens and tokens[0].type == "front_matter"):
+        return {}
+    try:
+        found = yaml.safe_load(tokens[0].content)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", 0) + 2    # after the opening ---
+        raise TangleError(f"{chapter}:{line}: front matter is not valid YAML ({e})") from None
+    return found if isinstance(found, dict) else {}
+
+
 def chapter_cells(root: Path, chapter: str) -> tuple[list[Cell], set[str], list[tuple[int, str]]]:
     """The exported cells of one chapter, its equation labels, and (line, code) of every code cell."""
     text = (root / chapter).read_text(encoding="utf-8")
     lines = text.splitlines()
     cells, labels, code_cells = [], set(), []
     tokens = _markdown().parse(text)
-    front = yaml.safe_load(tokens[0].content) if tokens and tokens[0].type == "front_matter" else None
-    if not (isinstance(front, dict) and "kernelspec" in front):
+    if "kernelspec" not in _front_matter(tokens, chapter):
         return cells, labels, code_cells  # a plain Markdown page: nothing runs, nothing is exported
     section = ""
     for i, token in enumerate(tokens):
