@@ -174,11 +174,12 @@ def convnet(channels=(16, 32), hidden: int = 128, classes: int = 10, *, padding:
     from neuroforge_lit.layers import Linear, ReLU, Sequential
 
     c, h, w = image
+    k = 5                                                # every convolution is 5x5
     layers: list[Layer] = [Reshape(c, h, w)]
     for c_out in channels:
-        layers += [Conv2d(c, c_out, 5, padding=padding, generator=generator, dtype=dtype, device=device),
+        layers += [Conv2d(c, c_out, k, padding=padding, generator=generator, dtype=dtype, device=device),
                    ReLU(), MaxPool2d(2)]
-        h, w = conv_output_size(h, 5, 1, padding) // 2, conv_output_size(w, 5, 1, padding) // 2
+        h, w = conv_output_size(h, k, 1, padding) // 2, conv_output_size(w, k, 1, padding) // 2
         c = c_out
     layers += [Reshape(c * h * w),
                Linear(c * h * w, hidden, generator=generator, dtype=dtype, device=device), ReLU(),

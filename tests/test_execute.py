@@ -156,6 +156,23 @@ def test_a_chapter_says_how_it_runs_in_its_front_matter(tmp_path):
         E.runs_alone(root, "book/c.md")
 
 
+def test_the_longest_chapters_start_first_and_bad_estimates_name_their_line(tmp_path):
+    fronts = {"a": "", "b": "neuroforge:\n  seconds: 30\n", "c": "neuroforge:\n  seconds: 600\n",
+              "d": "neuroforge:\n  seconds: 45.5\n", "e": ""}
+    root = make_book(tmp_path, {name: chapter(THREADS, front=front) for name, front in fronts.items()})
+    chapters = [f"book/{name}.md" for name in fronts]
+    assert E.longest_first(root, chapters) == ["book/c.md", "book/d.md", "book/b.md", "book/a.md", "book/e.md"]
+    bad = {"f": "neuroforge:\n  seconds: -3\n", "g": "neuroforge:\n  seconds: soon\n", "h": "neuroforge: alone\n"}
+    (tmp_path / "bad").mkdir()
+    root = make_book(tmp_path / "bad", {name: chapter(THREADS, front=front) for name, front in bad.items()})
+    with pytest.raises(TangleError, match=r"book/f\.md:7: .*seconds:' must be a positive number, not -3"):
+        E.longest_first(root, ["book/f.md"])
+    with pytest.raises(TangleError, match=r"book/g\.md:7: .*seconds:' must be a positive number, not 'soon'"):
+        E.longest_first(root, ["book/g.md"])
+    with pytest.raises(TangleError, match=r"book/h\.md:6: front matter 'neuroforge:' must be a mapping"):
+        E.runs_alone(root, "book/h.md")
+
+
 def test_stopping_the_book_stops_its_chapters_and_their_kernels(tmp_path):
     """SIGTERM to `booktools execute` (CI's timeout, or a user's kill) leaves no kernel running."""
     import signal

@@ -22,6 +22,12 @@ that *measures time* says so in its front matter,
 and runs after the others, one at a time, on every core: its timings are then those of a reader
 running it on an idle machine.
 
+**Which chapter starts first.** The longest: ``seconds:`` in the same ``neuroforge:`` block says
+about how long a chapter executes in the book build, and the chapters start in that order, longest
+first, each in the first free slot. In reading order, the longest chapter (distillation) started
+sixth and ran on alone for minutes at the end; longest first, the two slots end within seconds of
+each other. The step prints each chapter's time beside its estimate, so a stale one shows.
+
 **The cache key.** myst-nb finds a chapter in the cache by a hash of its code cells. The notebook
 executed here is the one Sphinx reads: the chapter as myst-nb parses it, plus the hidden cell the
 book's extension appends, holding a fingerprint of every package module the chapter imports (see
@@ -82,17 +88,40 @@ def fingerprint_cell(root: Path, chapter: str) -> tuple[str, list[Path]]:
     return cell, deps
 
 
+def chapter_settings(root: Path, chapter: str) -> dict:
+    """The chapter's ``neuroforge:`` front matter, checked: ``execute`` ('beside', the default, or
+    'alone') and ``seconds`` (about how long it executes in the book build, or None)."""
+    settings = front_matter(root, chapter).get("neuroforge")
+    settings = {} if settings is None else settings
+    if not isinstance(settings, dict):
+        raise TangleError(f"{chapter}:{_line(root, chapter, 'neuroforge')}: front matter 'neuroforge:' must be a "
+                          f"mapping (execute:, seconds:), not {settings!r}")
+    how, seconds = settings.get("execute", "beside"), settings.get("seconds")
+    if how not in (ALONE, "beside"):
+        raise TangleError(f"{chapter}:{_line(root, chapter, 'execute:')}: front matter 'neuroforge: execute:' "
+                          f"must be 'alone' or 'beside', not {how!r}")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+        raise TangleError(f"{chapter}:{_line(root, chapter, 'seconds:')}: front matter 'neuroforge: seconds:' "
+                          f"must be a positive number, not {seconds!r}")
+    return {"execute": how, "seconds": seconds}
+
+
+def _line(root: Path, chapter: str, key: str) -> int:
+    """The line of the front matter that starts with ``key`` (that of 'neuroforge' if none does)."""
+    lines = (root / chapter).read_text(encoding="utf-8").splitlines()
+    return next((i for i, text in enumerate(lines, 1) if text.strip().startswith(key)),
+                next((i for i, text in enumerate(lines, 1) if text.startswith("neuroforge")), 1))
+
+
 def runs_alone(root: Path, chapter: str) -> bool:
     """True when the chapter's front matter says ``neuroforge: {execute: alone}``."""
-    settings = front_matter(root, chapter).get("neuroforge") or {}
-    how = settings.get("execute", "beside") if isinstance(settings, dict) else settings
-    if how not in (ALONE, "beside"):
-        lines = (root / chapter).read_text(encoding="utf-8").splitlines()
-        line = next((i for i, text in enumerate(lines, 1) if text.strip().startswith("execute:")),
-                    next(i for i, text in enumerate(lines, 1) if text.startswith("neuroforge")))
-        raise TangleError(f"{chapter}:{line}: front matter 'neuroforge: execute:' must be 'alone' or "
-                          f"'beside', not {how!r}")
-    return how == ALONE
+    return chapter_settings(root, chapter)["execute"] == ALONE
+
+
+def longest_first(root: Path, chapters: list[str]) -> list[str]:
+    """The chapters by their front matter's ``seconds``, longest first (those without it last, in
+    reading order). Two at a time, a long chapter started last would run on alone at the end."""
+    return sorted(chapters, key=lambda c: -(chapter_settings(root, c)["seconds"] or 0))
 
 
 def chapter_notebook(root: Path, chapter: str):
@@ -202,7 +231,7 @@ def execute_book(root: Path, build_dir: Path, jobs: int = 2) -> int:
     cache = get_cache(str(build_dir / ".jupyter_cache"))
     chapters = [c for c in toc_chapters(root) if is_notebook(root, c)]
     todo = [c for c in chapters if not _cached(cache, root, c)]
-    beside = [c for c in todo if not runs_alone(root, c)]
+    beside = longest_first(root, [c for c in todo if not runs_alone(root, c)])
     alone = [c for c in todo if runs_alone(root, c)]
     print(f"execute: {len(chapters) - len(todo)} of {len(chapters)} chapters cached; {len(beside)} to run "
           f"{jobs} at a time on one thread each, then {len(alone)} alone", flush=True)
@@ -282,7 +311,9 @@ def _finish(root: Path, cache, job: Job) -> bool:
               "reads (booktools.execute.chapter_notebook no longer matches the book's extension)",
               file=sys.stderr, flush=True)
         return False
-    print(f"execute: {job.chapter} done in {seconds:.0f} s", flush=True)
+    expected = chapter_settings(root, job.chapter)["seconds"]
+    print(f"execute: {job.chapter} done in {seconds:.0f} s"
+          + (f" (its front matter expects {expected:.0f} s)" if expected and not is_quick_run() else ""), flush=True)
     return True
 
 
