@@ -24,9 +24,9 @@ running it on an idle machine.
 
 **Which chapter starts first.** The longest: ``seconds:`` in the same ``neuroforge:`` block says
 about how long a chapter executes in the book build, and the chapters start in that order, longest
-first, each in the first free slot. In reading order, the longest chapter (distillation) started
-sixth and ran on alone for minutes at the end; longest first, the two slots end within seconds of
-each other. The step prints each chapter's time beside its estimate, so a stale one shows.
+first, each in the first free slot. In reading order the longest chapter (distillation) started
+sixth and ran on alone for over a minute at the end; longest first, the two slots ended 18 s apart
+in a clean build. The step prints each chapter's time beside its estimate, so a stale one shows.
 
 **The cache key.** myst-nb finds a chapter in the cache by a hash of its code cells. The notebook
 executed here is the one Sphinx reads: the chapter as myst-nb parses it, plus the hidden cell the
