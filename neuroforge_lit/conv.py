@@ -174,7 +174,7 @@ def convnet(channels=(16, 32), hidden: int = 128, classes: int = 10, *, padding:
     from neuroforge_lit.layers import Linear, ReLU, Sequential
 
     c, h, w = image
-    k = 5                                                # every convolution is 5x5
+    k = 5     # every convolution is k x k
     layers: list[Layer] = [Reshape(c, h, w)]
     for c_out in channels:
         layers += [Conv2d(c, c_out, k, padding=padding, generator=generator, dtype=dtype, device=device),
