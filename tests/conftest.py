@@ -1,17 +1,36 @@
 """Shared fixtures. The real MNIST is found through $NEUROFORGE_DATA_DIR (CI and `make test` set
-it to ../shared/data); tests that need it say so in their skip reason when it is absent."""
+it to ../shared/data); tests that need it say so in their skip reason when it is absent.
+
+Property tests (Hypothesis) are deterministic by default: the profile "deterministic" draws the same
+examples on every run and keeps no example database, so a failure found once cannot make every later
+`make test` of that clone fail from .hypothesis/. HYPOTHESIS_PROFILE=random (or pytest's
+--hypothesis-profile=random) draws new examples each run and replays the failures it saved."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 if not os.environ.get("NEUROFORGE_DATA_DIR") and (SHARED_DATA / "mnist").is_dir():
     os.environ["NEUROFORGE_DATA_DIR"] = str(SHARED_DATA)
+
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", derandomize=False, print_blob=True,
+                          database=DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis" / "examples")))
+
+
+def hypothesis_profile(environ) -> str:
+    """The profile a run uses: $HYPOTHESIS_PROFILE, else "deterministic"."""
+    return environ.get("HYPOTHESIS_PROFILE") or "deterministic"
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 
 @pytest.fixture
