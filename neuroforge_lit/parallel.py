@@ -10,6 +10,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 import argparse
 import os
 import pickle
+import signal
 import socket
 import sys
 import time
@@ -18,7 +19,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from collections import Counter
 from datetime import timedelta
+from multiprocessing.connection import wait
 from typing import NamedTuple
+from neuroforge_lit.checkpoint import load_fit_position, save_fit_position
 from neuroforge_lit.data import load_mnist
 from neuroforge_lit.layers import Layer
 from neuroforge_lit.layers import mlp
@@ -29,13 +32,14 @@ from neuroforge_lit.norm import normalized_mlp
 from neuroforge_lit.optim import AdamW
 from neuroforge_lit.optim import GradientDescent
 from neuroforge_lit.testing import parity_gap
-from neuroforge_lit.training import History, batch_bounds
+from neuroforge_lit.training import History, Position, batch_bounds
 from neuroforge_lit.training import cosine_lr, evaluate
 
 __all__ = [
     "world",
     "device_for_this_process",
     "shard",
+    "SETTLE",
     "launch",
     "traffic",
     "all_reduce_sum",
@@ -59,6 +63,7 @@ __all__ = [
     "ExpertParallelMoE",
     "check_expert_parallel",
     "CHECKS",
+    "LARGEST_CHECK_WORLD",
     "run_checks",
     "main",
     "fail_on_rank",
@@ -99,26 +104,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _process_main(rank, world_size, port, backend, timeout, fn, args, results):
-    """What each started process runs: join the group, run ``fn(*args)``, send back its result."""
+def _process_main(rank, world_size, port, backend, timeout, fn, args, report):
+    """What each started process runs: join the group, run ``fn(*args)``, send its result, or its
+    error timed, through its own pipe `report`."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     os.environ["LOCAL_RANK"] = str(rank)
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=timeout))
     try:
-        results.put((rank, True, pickle.dumps(fn(*args))))
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout))
+        report.send((True, pickle.dumps(fn(*args))))
     except BaseException as error:                       # the cause, timed, before the traceback
-        results.put((rank, False, (time.time(), f"{type(error).__name__}: {error}")))
+        report.send((False, (time.time(), f"{type(error).__name__}: {error}")))
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SETTLE = 2.0
+"""Seconds within which a failure reaches the other processes and is seen by launch."""
 
 
 def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0) -> list:
     """Run ``fn(*args)`` in `world_size` new processes joined in one process group; return what
-    each returned, by rank.
+    each returned, by rank. Results of any size come back: they are read while the processes run.
 
     If a process fails, the others are stopped and a RuntimeError names its rank and its error. A
     collective waits at most `timeout` seconds and the whole run at most 2 * timeout; then every
@@ -130,49 +141,87 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 1
         raise ValueError(f"{fn.__name__} is defined in a notebook or an interactive session; the new "
                          "processes import it by name, so pass a function from an importable module")
     mp.set_forkserver_preload(["torch", "neuroforge_lit.parallel"])   # imported once, by the server
-    results = mp.get_context("forkserver").SimpleQueue()
-    procs = mp.start_processes(_process_main, nprocs=world_size, join=False, start_method="forkserver",
-                               args=(world_size, _free_port(), backend, timeout, fn, args, results))
-    deadline = time.monotonic() + 2 * timeout
+    context, port = mp.get_context("forkserver"), _free_port()
+    pipes = [context.Pipe(duplex=False) for _ in range(world_size)]    # (receive, send), one per rank
+    procs = [context.Process(target=_process_main, args=(rank, world_size, port, backend, timeout, fn, args, send))
+             for rank, (_, send) in enumerate(pipes)]
     try:
-        while not procs.join(timeout=0.2):
-            if time.monotonic() > deadline:
-                running = [r for r, p in enumerate(procs.processes) if p.is_alive()]
-                raise TimeoutError(f"processes {running} of {world_size} still running after {2 * timeout:g} s")
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        for process, (_, send) in zip(procs, pipes):
+            process.start()
+            send.close()                                 # only the process holds it now
+        reports = _read_reports([receive for receive, _ in pipes], timeout)
+    except BaseException:
         _stop(procs)
-        raise RuntimeError(_failure_report(results, e)) from None
+        raise
     finally:
-        _stop(procs)
-    outcomes = {rank: (ok, value) for rank, ok, value in (results.get() for _ in range(world_size))}
-    failed = sorted((value[0], rank, value[1]) for rank, (ok, value) in outcomes.items() if not ok)
-    if failed:                                           # e.g. sys.exit(0): the process "succeeded"
-        _, rank, cause = failed[0]
-        raise RuntimeError(f"process of rank {rank} failed: {cause}")
-    return [pickle.loads(outcomes[r][1]) for r in range(world_size)]
+        for connection in (c for pipe in pipes for c in pipe):
+            connection.close()
+    _stop(procs, grace=SETTLE if len(reports) == world_size else 0.0)
+    failure = _failure_report(reports, procs)
+    if failure:
+        raise RuntimeError(failure)
+    return [pickle.loads(reports[r][1]) for r in range(world_size)]
 
 
-def _stop(procs) -> None:
-    for p in procs.processes:
+def _read_reports(receivers: list, timeout: float) -> dict:
+    """{rank: (True, pickled result) or (False, (time, error))}, read from each process's pipe as it
+    arrives. A pipe that closes without a report is a process that ended without a word (os._exit,
+    a signal): (False, (time, None)). Returns when every process has reported, or SETTLE s after
+    the first failure; raises TimeoutError when no process failed and some run past 2 * timeout."""
+    waiting = {receive: rank for rank, receive in enumerate(receivers)}
+    reports, deadline = {}, time.monotonic() + 2 * timeout
+    while waiting and time.monotonic() < deadline:
+        for receive in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
+            rank = waiting.pop(receive)
+            try:
+                reports[rank] = receive.recv()
+            except (EOFError, OSError):                  # its end of the pipe closed: it ended
+                reports[rank] = (False, (time.time() - SETTLE, None))   # it ended before we saw it
+            if not reports[rank][0]:
+                deadline = min(deadline, time.monotonic() + SETTLE)    # the others' errors follow
+    if waiting and all(ok for ok, _ in reports.values()):
+        raise TimeoutError(f"processes {sorted(waiting.values())} of {len(receivers)} still running "
+                           f"after {2 * timeout:g} s")
+    return reports
+
+
+def _stop(procs, grace: float = 0.0) -> None:
+    """Give the processes `grace` seconds to end, then kill those still running."""
+    end = time.monotonic() + grace
+    for p in procs:
+        if p.pid is not None:
+            p.join(timeout=max(0.0, end - time.monotonic()))
+    for p in procs:
         if p.is_alive():
             p.kill()
-        p.join(timeout=10)
+        if p.pid is not None:
+            p.join(timeout=10)
 
 
-def _failure_report(results, error) -> str:
-    """Which rank failed first, and why: a failing process makes its partners fail too (a closed
-    connection), so the earliest error is the cause and the others follow from it."""
+def _failure_report(reports: dict, procs) -> str | None:
+    """Which rank failed first, and why (None if none failed). A failing process makes its partners
+    fail too (a closed connection), so the earliest failure is the cause and the others follow from
+    it. A process that ended without a word is dated SETTLE s before launch saw its pipe close:
+    before the errors it caused in the others, after an error that came well before it."""
     failures = []
-    while not results.empty():
-        rank, ok, value = results.get()
+    for rank, (ok, value) in reports.items():
         if not ok:
-            failures.append((value[0], rank, value[1]))
-    if not failures:                                     # killed or exited without a Python error
-        return f"process of rank {error.error_index} died: {str(error).strip().splitlines()[0]}"
+            when, error = value
+            what = f"failed: {error}" if error else f"died: {_how_it_ended(procs[rank])}"
+            failures.append((when, rank, what))
+    if not failures:
+        return None
     failures.sort()
-    _, rank, cause = failures[0]
-    then = "".join(f"\n  then rank {r}: {c.splitlines()[0][:200]}" for _, r, c in failures[1:])
-    return f"process of rank {rank} failed: {cause}{then}"
+    _, rank, what = failures[0]
+    then = "".join(f"\n  then rank {r} {w.splitlines()[0][:200]}" for _, r, w in failures[1:])
+    return f"process of rank {rank} {what}{then}"
+
+
+def _how_it_ended(process) -> str:
+    """How a process that sent neither a result nor an error ended."""
+    if process.exitcode is not None and process.exitcode < 0:
+        return f"killed by signal {signal.Signals(-process.exitcode).name}"
+    return f"exited with status {process.exitcode}, without a result or a Python error"
 
 
 # book/09_parallel.md, section "Three collectives and their backward passes"
@@ -230,7 +279,7 @@ def exchange_counts(send_counts: list[int]) -> list[int]:
 def summed_gradients(model) -> list[torch.Tensor]:
     """model.gradients(), each summed over the processes (eq-dp-sum), except the gradients of
     parameters that live on this process alone (inside a layer with process_local = True)."""
-    local = tuple(path for path, layer in model.named_layers() if getattr(layer, "process_local", False))
+    local = tuple(path for path, layer in model.named_layers() if layer.process_local)
     names = [name for name, _ in model.named_parameters()]
     return [g if local and name.startswith(local) else all_reduce_sum(g)                # (eq-dp-sum)
             for name, g in zip(names, model.gradients())]
@@ -249,21 +298,30 @@ def data_parallel_step(model, optimizer, x, y, n_global: int, loss_fn=softmax_cr
 
 # book/09_parallel.md, section "Data parallelism"
 def fit_data_parallel(model, optimizer, x, y, *, epochs: int, batch_size: int, lr_schedule=None,
-                      seed: int = 0) -> History:
+                      seed: int = 0, checkpoint=None, resume: bool = False) -> History:
     """`fit` in every process of the group: the global batches of fit(..., seed=seed), in the same
     order, each process computing on its shard of each. Every process holds x and y whole and
-    returns the same History, with the global loss of every step."""
+    returns the same History, with the global loss of every step. checkpoint: process 0 saves the
+    run after every epoch (as fit does; the copies are the same in every process); resume=True
+    continues from it in every process."""
     rank, world_size = world()
     bounds = batch_bounds(len(x), batch_size)            # fit's minibatches
     smallest = min(stop - start for start, stop in bounds)
     if smallest < world_size:
         raise ValueError(f"every global batch must give each of the {world_size} processes an example; "
                          f"batch_size {batch_size} with {len(x)} examples makes a batch of {smallest}")
-    broadcast_parameters(model)                          # every copy starts from process 0's
+    if checkpoint is not None and any(layer.process_local for _, layer in model.named_layers()):
+        raise ValueError("the model has layers that live on one process (process_local, e.g. "
+                         "ExpertParallelMoE): process 0 cannot checkpoint the others' parts")
     gen = torch.Generator().manual_seed(seed)
+    run = {"examples": len(x), "batch_size": batch_size, "epochs": epochs, "seed": seed}
+    at = Position(History())
+    if resume:                                           # fit's Position, whole epochs only
+        at = load_fit_position(checkpoint, model, optimizer, gen, run, x.device, log=None) or at
+    broadcast_parameters(model)                          # every copy starts from process 0's
     steps = len(bounds)
-    history, step, start = History(), 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    start = time.perf_counter() - at.history.seconds
+    for epoch in range(at.epoch, epochs + 1):
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         losses = torch.empty(steps, dtype=torch.float64, device=x.device)
@@ -271,15 +329,18 @@ def fit_data_parallel(model, optimizer, x, y, *, epochs: int, batch_size: int, l
             batch = perm[bounds[i][0]:bounds[i][1]]
             mine = batch[shard(len(batch), world_size, rank)]
             if lr_schedule is not None:
-                optimizer.lr = lr_schedule(step / (steps * epochs))
+                optimizer.lr = lr_schedule(at.step / (steps * epochs))
             losses[i], _ = data_parallel_step(model, optimizer, x[mine], y[mine], len(batch))
-            step += 1
+            at.step += 1
         losses = all_reduce_sum(losses)                  # each step's global loss (eq-dp-split)
-        history.step_loss += losses.tolist()
-        history.epochs.append({"epoch": epoch, "train_loss": losses.mean().item(),
-                               "seconds": time.perf_counter() - start})
-    history.seconds = time.perf_counter() - start
-    return history
+        at.history.step_loss += losses.tolist()
+        at.history.epochs.append({"epoch": epoch, "train_loss": losses.mean().item(),
+                                  "seconds": time.perf_counter() - start})
+        at.epoch = epoch + 1
+        if checkpoint is not None and rank == 0:
+            save_fit_position(checkpoint, model, optimizer, gen, at, run, time.perf_counter() - start)
+    at.history.seconds = time.perf_counter() - start
+    return at.history
 
 
 # book/09_parallel.md, section "Checking it"
@@ -376,9 +437,12 @@ class SyncBatchNorm1d(BatchNorm1d):
 
 def synchronize_batch_norm(model):
     """Turn every BatchNorm1d of `model` into a SyncBatchNorm1d, in place, and return the model.
-    The new class adds no state, so parameters, buffers and checkpoints carry over."""
+    The new class adds no state, so parameters, buffers and checkpoints carry over. Subclasses are
+    turned too: the appendix's FastBatchNorm1d (from `speed_up`) only adds scratch buffers, so
+    dropping it loses speed, not state, and a layer left unsynchronized would silently normalize
+    with its own shard's statistics. `speed_up` after this leaves SyncBatchNorm1d as it is."""
     for _, layer in model.named_layers():
-        if type(layer) is BatchNorm1d:
+        if isinstance(layer, BatchNorm1d) and not isinstance(layer, SyncBatchNorm1d):
             layer.__class__ = SyncBatchNorm1d
     return model
 
@@ -495,7 +559,7 @@ class ExpertParallelMoE(Layer):
     def forward(self, x, noise=None):
         if noise is None and self.training:
             noise = torch.randn(len(x), len(self.owners), generator=self.generators.get("noise"),
-                                dtype=x.dtype).to(x.device)
+                                dtype=self.params["W_g"].dtype).to(x.device)
         gates, load, self.gate_cache = noisy_top_k_gating_forward(
             x, self.params["W_g"], self.params["W_noise"], self.k, noise if self.training else None)
         self.importance = all_reduce_sum(gates.sum(0))                     # (eq-ep-stats)
@@ -559,6 +623,8 @@ CHECKS = {
     "expert parallel, k=1": lambda seed: check_expert_parallel(seed, k=1),
     "expert parallel, k=2": lambda seed: check_expert_parallel(seed, k=2),
 }
+LARGEST_CHECK_WORLD = 6
+"""The most processes the checks run on: each needs one of the 6 experts (and a row of the 11)."""
 
 
 def run_checks(seed: int = 0) -> dict[str, dict[str, float]]:
@@ -592,10 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="train: epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="train: the global batch size")
     args = parser.parse_args(argv)
+    under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    _check_arguments(parser, args, int(os.environ["WORLD_SIZE"]) if under_torchrun else args.world_size,
+                     "WORLD_SIZE (from torchrun)" if under_torchrun else "argument --world-size")
     backend = args.backend or _default_backend()
     job, job_args = (run_checks, (args.seed,)) if args.command == "check" else \
         (train_mnist, (args.epochs, args.batch_size, 0.2, args.seed))
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:       # torchrun started this process
+    if under_torchrun:                                           # torchrun started this process
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
@@ -627,18 +696,39 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-# book/09_parallel.md, section "One command, and torchrun"
-if __name__ == "__main__":
-    sys.exit(main())
+def _check_arguments(parser, args, world_size: int, world_size_name: str) -> None:
+    """Refuse what the processes would fail on, before any starts: one line, exit status 2."""
+    def refuse(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    if args.command == "check" and not 1 <= world_size <= LARGEST_CHECK_WORLD:
+        refuse(f"{world_size_name}: the checks run on 1 to {LARGEST_CHECK_WORLD} processes (at least one "
+               f"of their {LARGEST_CHECK_WORLD} experts on each), got {world_size}")
+    if world_size < 1:
+        refuse(f"{world_size_name}: must be at least 1, got {world_size}")
+    if args.command == "train" and args.epochs < 1:
+        refuse(f"argument --epochs: must be at least 1, got {args.epochs}")
+    if args.command == "train" and args.batch_size < world_size:
+        refuse(f"argument --batch-size: the global batch must give each of the {world_size} processes an "
+               f"example, so it must be at least {world_size}, got {args.batch_size}")
+    if not args.timeout > 0:
+        refuse(f"argument --timeout: must be a positive number of seconds, got {args.timeout:g}")
 
 
 # book/09_parallel.md, section "When a process fails"
-def fail_on_rank(failing_rank: int) -> None:
+def fail_on_rank(failing_rank: int, how: str = "raise") -> None:
     """For trying out failures: every process enters an all-reduce except `failing_rank`, which
-    raises ValueError first."""
+    first raises ValueError (how="raise"), exits with status 3 at once ("exit") or kills itself
+    ("kill")."""
+    if how not in ("raise", "exit", "kill"):
+        raise ValueError(f"how must be 'raise', 'exit' or 'kill', got {how!r}")
     rank, _ = world()
-    if rank == failing_rank:
+    if rank == failing_rank and how == "raise":
         raise ValueError(f"process {rank} met bad input (on purpose)")
+    if rank == failing_rank and how == "exit":
+        os._exit(3)
+    if rank == failing_rank and how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     all_reduce_sum(torch.ones(1, device=device_for_this_process()))
 
 
@@ -702,3 +792,8 @@ def train_mnist(epochs: int = 5, batch_size: int = 128, lr: float = 0.2, seed: i
                                 lr_schedule=lambda progress: cosine_lr(lr, progress), seed=seed)
     x_test, y_test = (t.to(device) for t in load_mnist("test"))
     return {"history": history, "test": evaluate(model, x_test, y_test), "processes": world()[1]}
+
+
+# book/09_parallel.md, section "MNIST, data parallel in two processes"
+if __name__ == "__main__":
+    sys.exit(main())

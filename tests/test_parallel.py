@@ -17,7 +17,9 @@ import neuroforge_lit.parallel as parallel
 from neuroforge_lit.layers import mlp
 from neuroforge_lit.optim import AdamW
 from neuroforge_lit.testing import parity_gap
-from neuroforge_lit.training import fit
+from neuroforge_lit.training import cosine_lr, fit
+
+from conftest import assert_tensors_equal
 
 TOLERANCE = 1e-12
 
@@ -103,11 +105,34 @@ def test_a_process_that_exits_with_status_0_mid_function_is_a_failure_not_a_resu
 
 
 def test_a_group_of_one_runs_the_function_and_sends_back_its_result():
-    results = multiprocessing.get_context("spawn").SimpleQueue()
-    parallel._process_main(0, 1, parallel._free_port(), "gloo", 30, parallel.world, (), results)
-    rank, ok, value = results.get()
-    assert (rank, ok) == (0, True) and parallel.pickle.loads(value) == (0, 1)
+    receive, send = multiprocessing.Pipe(duplex=False)
+    parallel._process_main(0, 1, parallel._free_port(), "gloo", 30, parallel.world, (), send)
+    ok, value = receive.recv()
+    assert ok is True and parallel.pickle.loads(value) == (0, 1)
     assert not torch.distributed.is_initialized()
+
+
+def test_fail_on_rank_refuses_an_unknown_way_to_fail():
+    with pytest.raises(ValueError, match="how must be 'raise', 'exit' or 'kill', got 'explode'"):
+        parallel.fail_on_rank(0, "explode")
+
+
+def test_synchronize_batch_norm_after_or_before_speed_up_leaves_every_batch_norm_synchronized():
+    from neuroforge_lit.fast import FastLinear, speed_up
+    from neuroforge_lit.norm import BatchNorm1d, normalized_mlp
+
+    def build():
+        return normalized_mlp([4, 5, 3, 2], "batch", generator=torch.Generator().manual_seed(0))
+
+    state = build().state_dict()
+    for model in (parallel.synchronize_batch_norm(speed_up(build())),      # FastBatchNorm1d -> Sync
+                  speed_up(parallel.synchronize_batch_norm(build()))):     # speed_up leaves Sync alone
+        kinds = [type(layer) for _, layer in model.named_layers()]
+        assert [k for k in kinds if issubclass(k, BatchNorm1d)] == [parallel.SyncBatchNorm1d] * 2, kinds
+        assert FastLinear in kinds                       # the rest of the model is still sped up
+        for kind in ("params", "buffers"):                 # the state carries over, bit for bit
+            ours = model.state_dict()[kind]
+            assert list(ours) == list(state[kind]) and all(torch.equal(ours[k], state[kind][k]) for k in ours)
 
 
 def test_sync_batch_norm_needs_two_examples_and_keeps_eval_mode():
@@ -184,11 +209,70 @@ def test_each_check_catches_its_broken_derivation(mutant):
     assert max(_largest(gaps) for gaps in per_rank) > 1e-3
 
 
+def _large_result(n: int):
+    rank, _ = parallel.world()
+    return torch.full((n,), float(rank)), list(range(rank, rank + n))
+
+
+def test_results_larger_than_a_pipe_come_back_whole_and_without_waiting():
+    # Each process returns 2 MB of float32 and a list of 500 000 ints, far more than a pipe holds
+    # (64 KiB): read only after the processes ended, they would wait forever to send it.
+    start = time.monotonic()
+    per_rank = parallel.launch(_large_result, 3, 500_000, timeout=10)
+    assert time.monotonic() - start < 15, f"took {time.monotonic() - start:.0f} s"
+    for rank, (tensor, values) in enumerate(per_rank):
+        assert tensor.shape == (500_000,) and bool((tensor == rank).all())
+        assert values[0] == rank and values[-1] == rank + 499_999 and len(values) == 500_000
+
+
+def _fast_sync_batchnorm_gap(seed: int = 0, n: int = 11) -> dict:
+    """check_sync_batchnorm's comparison of gradients, with the replica sped up by
+    neuroforge_lit.fast before synchronize_batch_norm: the summed gradients of the shards against
+    the whole batch in this process (plain layers), and the replica's batch-norm classes."""
+    from neuroforge_lit.fast import speed_up
+    from neuroforge_lit.losses import softmax_cross_entropy
+    from neuroforge_lit.norm import BatchNorm1d, normalized_mlp
+    rank, world_size = parallel.world()
+    x, y = parallel._problem(seed, n, 6, 3)
+    reference, replica = (parallel._perturbed(normalized_mlp([6, 8, 5, 3], "batch", dtype=torch.float64,
+                                                             generator=torch.Generator().manual_seed(seed)), seed)
+                          for _ in range(2))
+    parallel.synchronize_batch_norm(speed_up(replica))
+    reference.backward(softmax_cross_entropy(reference.forward(x), y)[1])
+    mine = parallel.shard(n, world_size, rank)
+    out = replica.forward(x[mine])
+    replica.backward(len(out) / n * softmax_cross_entropy(out, y[mine])[1])
+    return {"gradients": parity_gap(zip(parallel.summed_gradients(replica), reference.gradients())),
+            "batch norms": sorted({type(layer).__name__ for _, layer in replica.named_layers()
+                                   if isinstance(layer, BatchNorm1d)})}
+
+
+def test_a_sped_up_model_synchronized_across_two_processes_has_the_whole_batch_gradients():
+    per_rank = parallel.launch(_fast_sync_batchnorm_gap, 2, timeout=60)
+    for result in per_rank:
+        assert result["batch norms"] == ["SyncBatchNorm1d"], result
+        assert result["gradients"] <= TOLERANCE, result
+
+
 def test_a_failing_process_is_named_and_no_process_is_left():
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"^process of rank 1 failed: ValueError: process 1 met bad input"):
         parallel.launch(parallel.fail_on_rank, 3, 1, timeout=60)
     assert time.monotonic() - start < 30                 # not the collective's 60 s timeout
+
+
+@pytest.mark.parametrize("how, ended", [("exit", "exited with status 3, without a result or a Python error"),
+                                       ("kill", "killed by signal SIGKILL")])
+@pytest.mark.parametrize("dying", [0, 1, 2])
+def test_a_process_that_ends_without_a_word_is_named_not_the_partners_it_takes_down(dying, how, ended):
+    # The two others fail in their all-reduce a moment later, with Python errors that may reach
+    # launch before it sees the silent process end: the report must still name the silent one.
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as error:
+        parallel.launch(parallel.fail_on_rank, 3, dying, how, timeout=30)
+    report = str(error.value)
+    assert report.startswith(f"process of rank {dying} died: {ended}"), report[:400]
+    assert time.monotonic() - start < 20
 
 
 def _sleep_forever():
@@ -208,9 +292,96 @@ def test_the_command_exits_non_zero_on_a_mismatch(capsys):
     assert out.count("MISMATCH") == 4 and "FAILED: 0 of 4 checks" in out
 
 
+def _no_launch(*args, **kwargs):
+    raise AssertionError("the command started processes for arguments it should have refused")
+
+
+CHECKS_RANGE = "the checks run on 1 to 6 processes (at least one of their 6 experts on each)"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--world-size", "0"], f"argument --world-size: {CHECKS_RANGE}, got 0"),
+    (["check", "--world-size", "-3"], f"argument --world-size: {CHECKS_RANGE}, got -3"),
+    (["check", "--world-size", "7"], f"argument --world-size: {CHECKS_RANGE}, got 7"),
+    (["check", "--world-size", "12"], f"argument --world-size: {CHECKS_RANGE}, got 12"),
+    (["train", "--world-size", "0"], "argument --world-size: must be at least 1, got 0"),
+    (["train", "--world-size", "-1"], "argument --world-size: must be at least 1, got -1"),
+    (["train", "--world-size", "4", "--batch-size", "3"],
+     "argument --batch-size: the global batch must give each of the 4 processes an example, so it must be "
+     "at least 4, got 3"),
+    (["train", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--timeout", "-5"], "argument --timeout: must be a positive number of seconds, got -5"),
+])
+def test_the_command_refuses_what_the_processes_would_fail_on_in_one_line(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(parallel, "launch", _no_launch)
+    with pytest.raises(SystemExit) as exited:
+        parallel.main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"python -m neuroforge_lit.parallel: error: {message}\n"
+
+
+def test_the_command_under_torchrun_refuses_a_world_the_checks_cannot_use(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setattr(parallel.dist, "init_process_group", _no_launch)
+    with pytest.raises(SystemExit) as exited:
+        parallel.main(["check"])
+    assert exited.value.code == 2
+    expected = f"python -m neuroforge_lit.parallel: error: WORLD_SIZE (from torchrun): {CHECKS_RANGE}, got 8\n"
+    assert capsys.readouterr().err == expected
+
+
+def test_the_largest_world_of_the_checks_is_what_their_problems_allow():
+    import inspect
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    experts = default(parallel.check_expert_parallel, "n_experts")
+    rows = min(default(f, "n") for f in (parallel.check_data_parallel, parallel.check_sync_batchnorm,
+                                         parallel.check_expert_parallel))
+    assert parallel.LARGEST_CHECK_WORLD == min(experts, rows) == 6
+
+
 def test_the_command_under_torchrun():
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "neuroforge_lit.parallel", "check"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "passed: 4 of 4 checks within 1e-12, 2 processes (gloo)" in done.stdout
+
+
+def _data_parallel_run(folder: str, stop_at_step=None, resume=False):
+    """Three epochs of fit_data_parallel with a checkpoint after each; stop_at_step raises inside
+    that step (from the schedule, which every step calls), as a crash would."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(60, 8, generator=g), torch.randint(0, 3, (60,), generator=g)
+    model = mlp([8, 12, 3], generator=torch.Generator().manual_seed(0))
+    optimizer = AdamW(0.01)
+    steps = []
+
+    def schedule(progress):
+        steps.append(progress)
+        if len(steps) == stop_at_step:
+            raise RuntimeError(f"crash in step {stop_at_step}")
+        return cosine_lr(0.01, progress)
+
+    history = parallel.fit_data_parallel(model, optimizer, x, y, epochs=3, batch_size=16, seed=2,
+                                         lr_schedule=schedule, checkpoint=f"{folder}/run.ckpt", resume=resume)
+    return [p.clone() for p in model.parameters()], history.step_loss, optimizer.t, len(steps)
+
+
+def test_fit_data_parallel_resumes_bit_identically_from_its_epoch_checkpoint(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = parallel.launch(_data_parallel_run, 2, str(tmp_path / "a"), timeout=60)
+    with pytest.raises(RuntimeError, match="crash in step 6"):       # epoch 2 of 3 (4 steps each)
+        parallel.launch(_data_parallel_run, 2, str(tmp_path / "b"), 6, timeout=60)
+    resumed = parallel.launch(_data_parallel_run, 2, str(tmp_path / "b"), None, True, timeout=60)
+    for rank in range(2):
+        params, step_loss, t, steps_taken = resumed[rank]
+        assert steps_taken == 8, f"rank {rank}: the resumed run took {steps_taken} steps, not the last 2 epochs' 8"
+        assert t == straight[rank][2] == 12 and step_loss == straight[rank][1]
+        assert_tensors_equal(params, straight[rank][0], f"rank {rank}: parameters, resumed vs straight")

@@ -131,6 +131,22 @@ BAD = {
     "main guard in a cell the notebook runs": (
         cell("#| export neuroforge_lit.alpha\ndef main():\n    return 0\n\nif __name__ == '__main__':\n    main()"),
         "a.md:13", "tag the cell ':tags: [skip-execution]'"),
+    "main guard above a function it calls": (
+        cell("#| export neuroforge_lit.alpha\nimport sys") + "\n"
+        + cell("#| export neuroforge_lit.alpha\nif __name__ == '__main__':\n    sys.exit(main())",
+               options=":tags: [skip-execution]\n") + "\n"
+        + cell("#| export neuroforge_lit.alpha\ndef main():\n    return 0"),
+        "a.md:16", "this main guard needs 'main', which neuroforge_lit.alpha defines only below it, at "
+                   "book/a.md:22; a module runs from top to bottom, so `python -m neuroforge_lit.alpha` would "
+                   "stop with NameError: move the guard's cell below the module's last exported cell"),
+    "main guard above a name that a function it calls needs": (   # chapter 9's train_mnist, once
+        cell("#| export neuroforge_lit.alpha\nimport sys\n\nJOBS = {'train': lambda: train()}\n\n"
+             "def main():\n    return JOBS['train']()") + "\n"
+        + cell("#| export neuroforge_lit.alpha\nif __name__ == '__main__':\n    sys.exit(main())",
+               options=":tags: [skip-execution]\n") + "\n"
+        + cell("#| export neuroforge_lit.alpha\ndef unrelated():\n    return 1\n\ndef train():\n    return 0"),
+        "a.md:21", "this main guard needs 'train' (through main -> JOBS), which neuroforge_lit.alpha defines "
+                   "only below it, at book/a.md:30"),
     "other if statement, even in a skipped cell": (
         cell("#| export neuroforge_lit.alpha\nif True:\n    x = 1", options=":tags: [skip-execution]\n"),
         "a.md:11", "this If statement would run when the module is imported"),
@@ -285,3 +301,29 @@ def test_a_main_guard_in_a_skipped_cell_makes_the_module_a_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "neuroforge_lit.alpha"], cwd=root, capture_output=True,
                          text=True, timeout=60)
     assert run.stdout == "ran as a command\n"
+
+
+def test_a_main_guard_may_stand_above_definitions_it_does_not_need(tmp_path):
+    body = cell("""
+        #| export neuroforge_lit.alpha
+        import sys
+
+        def main():
+            print(helper())
+
+        def helper():
+            return "helped"
+        """) + "\n" + cell("""
+        #| export neuroforge_lit.alpha
+        if __name__ == "__main__":
+            sys.exit(main())
+        """, options=":tags: [skip-execution]\n") + "\n" + cell("""
+        #| export neuroforge_lit.alpha
+        def later():
+            return main()
+        """)
+    root = make_book(tmp_path, {"a": "# A\n\n" + body})
+    T.tangle(root)
+    run = subprocess.run([sys.executable, "-m", "neuroforge_lit.alpha"], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert run.stdout == "helped\n", run.stderr

@@ -422,6 +422,54 @@ def _check_module(mod: Module) -> None:
     for name, line in _undefined_globals(mod.text):
         raise TangleError(f"{_where(mod, line)}: '{name}' is not defined in {PACKAGE}.{mod.name} "
                           "(a notebook-only variable? define or import it in an exported cell)")
+    _check_main_guard_order(mod)
+
+
+def _global_reads(text: str, tree: ast.Module) -> list[set[str]]:
+    """For each top-level statement, the module-level names it reads: in its own code, and in the
+    bodies of the functions, methods and lambdas it defines, when they run."""
+    tables = symtable.symtable(text, "<generated>", "exec").get_children()
+
+    def reads(table) -> set[str]:
+        found = {s.get_name() for s in table.get_symbols() if s.is_global() and s.is_referenced()}
+        return found.union(*(reads(child) for child in table.get_children()))
+
+    out = []
+    for node in tree.body:
+        inside = [t for t in tables if node.lineno <= t.get_lineno() <= node.end_lineno]
+        names = set().union(*(reads(t) for t in inside))
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        out.append(names)
+    return out
+
+
+def _check_main_guard_order(mod: Module) -> None:
+    """A main guard runs when Python reaches it, top to bottom: every name it needs, itself or
+    through the functions it calls (transitively), must be defined above it, not below."""
+    tree = ast.parse(mod.text)
+    reads = _global_reads(mod.text, tree)
+    for i, guard in enumerate(tree.body):
+        if not _is_main_guard(guard):
+            continue
+        above = {name: j for j, node in enumerate(tree.body[:i]) for name in _defined_names(node)}
+        below = {name: node for node in tree.body[i + 1:] for name in _defined_names(node)}
+        todo, seen = [(name, ()) for name in sorted(reads[i])], set()
+        while todo:
+            name, through = todo.pop(0)                  # breadth first: the shortest chain
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in below and name not in above:
+                via = f" (through {' -> '.join(through)})" if through else ""
+                raise TangleError(
+                    f"{_where(mod, guard.lineno)}: this main guard needs '{name}'{via}, which "
+                    f"{PACKAGE}.{mod.name} defines only below it, at {_where(mod, below[name].lineno)}; "
+                    f"a module runs from top to bottom, so `python -m {PACKAGE}.{mod.name}` would stop "
+                    f"with NameError: move the guard's cell below the module's last exported cell "
+                    "(the end of the chapter)")
+            if name in above:
+                todo += [(n, (*through, name)) for n in sorted(reads[above[name]])]
 
 
 # --------------------------------------------------------------------------- writing and checking
