@@ -19,6 +19,14 @@ Where the files are looked for, in order:
 
 Every file's *decompressed* content is checked against the published MD5 before it is used:
 a corrupt or truncated copy is an error naming the file and both checksums, never silently used.
+MNIST and Fashion-MNIST name their files alike, so a file whose MD5 is the *other* dataset's is
+passed over (the search goes on); if nothing else is found, the error says whose file it is and
+where this dataset's files belong.
+
+``NEUROFORGE_DATA_LIMIT=N`` in the environment cuts each split to its first ``N`` examples, for
+smoke runs of the documentation and the packaging tests only: the full files are still found and
+verified first, and each cut split prints ``neuroforge_lit.quick.MARKER`` (to stderr), so the full
+book build refuses a page trained that way.
 """
 
 from __future__ import annotations
@@ -28,10 +36,13 @@ import zlib
 import hashlib
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from neuroforge_lit.quick import MARKER
 
 __all__ = ["DataError", "load_mnist", "load_dataset", "default_dataset", "read_idx", "train_val_split",
            "search_dirs"]
@@ -76,10 +87,13 @@ FASHION_MNIST = DatasetFiles(
 )
 
 DATASETS = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}   # for messages
+LIMIT_VARIABLE = "NEUROFORGE_DATA_LIMIT"  # smoke runs: each split cut to its first N examples
 SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 
 _IDX_MAGIC = {2049: 1, 2051: 3}  # 0x801: labels (1 dim), 0x803: images (3 dims), dtype uint8
 _loaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # verified reads only
+_announced_limits: set[tuple[str, str, int]] = set()
 
 
 def search_dirs() -> list[Path]:
@@ -94,6 +108,24 @@ def search_dirs() -> list[Path]:
 def default_dataset() -> str:
     """The dataset the chapters train on: $NEUROFORGE_DATASET ("mnist" or "fashion-mnist"), else MNIST."""
     return os.environ.get("NEUROFORGE_DATASET", "mnist")
+
+
+def _data_limit() -> int | None:
+    """$NEUROFORGE_DATA_LIMIT as a positive int, or None where it is unset or empty."""
+    value = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"{LIMIT_VARIABLE} must be a positive whole number of examples per split, got {value!r}")
+    return limit
+
+
+def _title(spec: DatasetFiles) -> str:
+    return _TITLES.get(spec.name, spec.name)
 
 
 def _cache_dir() -> Path:
@@ -128,9 +160,13 @@ def read_idx(path: str | Path, expected_md5: str | None = None) -> torch.Tensor:
     the file and both checksums. The header's magic number and sizes are checked either way.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    return _parse_idx(path, _read_bytes(path), expected_md5)
+
+
+def _parse_idx(path: Path, raw: bytes, expected_md5: str | None, actual: str | None = None) -> torch.Tensor:
+    """read_idx on the decompressed content ``raw`` of ``path`` (whose MD5 is ``actual``, if known)."""
     if expected_md5 is not None:
-        actual = hashlib.md5(raw).hexdigest()
+        actual = actual or hashlib.md5(raw).hexdigest()
         if actual != expected_md5:
             raise DataError(
                 f"{path}: checksum mismatch (MD5 of the decompressed content is {actual}, expected "
@@ -155,9 +191,44 @@ def read_idx(path: str | Path, expected_md5: str | None = None) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
 
 
-def _find(spec: DatasetFiles, role: str) -> Path | None:
+@dataclass(frozen=True)
+class _Found:
+    """What the search for one file of a dataset found: the file to use (with its decompressed
+    content and that content's MD5), or None; and the other datasets' files it passed over."""
+
+    path: Path | None
+    raw: bytes | None
+    md5: str | None
+    passed_over: tuple[tuple[Path, str], ...]   # (path, the name of the dataset it belongs to)
+
+
+def _locate(spec: DatasetFiles, role: str) -> _Found:
+    """The first candidate file for ``role`` that is not another dataset's file of the same name.
+
+    A file whose MD5 is another dataset's official MD5 is intact, merely not this dataset's (MNIST
+    and Fashion-MNIST name their files alike, and a folder's own layout "." matches both), so the
+    search goes on past it. Any other file is returned, and its checksum is checked by the caller.
+    """
     file_name, _ = spec.files[role]
-    return next((p for p in _candidates(spec, file_name) if p.is_file()), None)
+    others = {md5: other.name for other in DATASETS.values() if other.name != spec.name
+              for _, md5 in other.files.values()}
+    passed_over = []
+    for path in _candidates(spec, file_name):
+        if not path.is_file():
+            continue
+        raw = _read_bytes(path)
+        md5 = hashlib.md5(raw).hexdigest()
+        if md5 in others and md5 != spec.files[role][1]:
+            passed_over.append((path, others[md5]))
+            continue
+        return _Found(path, raw, md5, tuple(passed_over))
+    return _Found(None, None, None, tuple(passed_over))
+
+
+def _find(spec: DatasetFiles, role: str) -> Path | None:
+    """The file ``load_dataset`` would read for ``role`` (another dataset's file of the same name
+    is passed over), or None."""
+    return _locate(spec, role).path
 
 
 def _download(spec: DatasetFiles) -> None:
@@ -171,10 +242,22 @@ def _download(spec: DatasetFiles) -> None:
         cls(root=str(_cache_dir()), train=train, download=True)
 
 
-def _missing_message(spec: DatasetFiles, missing: list[str], why: str) -> str:
+def _passed_over_message(spec: DatasetFiles, passed_over) -> str:
+    """One line per file of another dataset that the search passed over: whose it is, and where
+    this dataset's files go instead (a folder of their own below the same search folder)."""
+    lines = []
+    for path, owner in passed_over:
+        base = next((d for d in search_dirs() if path.is_relative_to(d)), path.parent)
+        lines.append(f"{path} is {_title(DATASETS[owner])}'s file, not {_title(spec)}'s; put {_title(spec)} "
+                     f"in {base / spec.subdirs[0]} (or in {_cache_dir() / spec.subdirs[0]})")
+    return "".join(line + "\n" for line in lines)
+
+
+def _missing_message(spec: DatasetFiles, missing: list[str], why: str, passed_over=()) -> str:
     names = ", ".join(spec.files[r][0] + "[.gz]" for r in missing)
     where = "\n  ".join(str(d / s) for d in search_dirs() for s in spec.subdirs)
     return (
+        _passed_over_message(spec, passed_over) +
         f"{spec.name}: could not find {names}.\nLooked in:\n  {where}\n"
         f"The download through torchvision failed too: {why}\n"
         f"Provide the files: set NEUROFORGE_DATA_DIR to a folder that holds them "
@@ -188,6 +271,8 @@ def load_dataset(
     """Images as float32 in [0, 1], (N, 784) or (N, 1, 28, 28), and int64 labels (N,).
 
     name: "mnist" or "fashion-mnist" (the same IDX format and sizes); None means default_dataset().
+    With ``NEUROFORGE_DATA_LIMIT=N`` in the environment (smoke runs only), the first ``N`` examples
+    of the split, after the full files were verified.
     """
     name = default_dataset() if name is None else name
     if name not in DATASETS:
@@ -195,10 +280,12 @@ def load_dataset(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     spec = DATASETS[name]
+    limit = _data_limit()
     key = (name, split)
     if key not in _loaded:
         roles = [f"{split}-images", f"{split}-labels"]
-        missing = [r for r in roles if _find(spec, r) is None]
+        found = {r: _locate(spec, r) for r in roles}
+        missing = [r for r in roles if found[r].path is None]
         if missing:
             why = "download=False"
             if download:
@@ -207,17 +294,25 @@ def load_dataset(
                     why = "it reported success, yet the files are still absent"
                 except Exception as e:  # noqa: BLE001 - any failure ends in the same clear message
                     why = f"{type(e).__name__}: {e}"
-            missing = [r for r in roles if _find(spec, r) is None]
+            found.update({r: _locate(spec, r) for r in missing})
+            missing = [r for r in roles if found[r].path is None]
             if missing:
-                raise DataError(_missing_message(spec, missing, why))
-        images, labels = (read_idx(_find(spec, r), spec.files[r][1]) for r in roles)
+                passed_over = [p for r in missing for p in found[r].passed_over]
+                raise DataError(_missing_message(spec, missing, why, passed_over))
+        images, labels = (_parse_idx(found[r].path, found[r].raw, spec.files[r][1], found[r].md5) for r in roles)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
-                f"{_find(spec, roles[0])} holds images of shape {tuple(images.shape)} but "
-                f"{_find(spec, roles[1])} holds {len(labels)} labels; expected (N, 28, 28) and N"
+                f"{found[roles[0]].path} holds images of shape {tuple(images.shape)} but "
+                f"{found[roles[1]].path} holds {len(labels)} labels; expected (N, 28, 28) and N"
             )
         _loaded[key] = (images, labels)
     images, labels = _loaded[key]
+    if limit is not None and limit < len(images):
+        if (name, split, limit) not in _announced_limits:
+            _announced_limits.add((name, split, limit))
+            print(f"{MARKER} {LIMIT_VARIABLE}={limit}: {name} {split} cut to its first {limit} of "
+                  f"{len(images)} examples", file=sys.stderr)
+        images, labels = images[:limit], labels[:limit]
     x = images.to(torch.float32).div_(255.0)
     x = x.reshape(len(x), -1) if flatten else x.unsqueeze(1)
     return x, labels.to(torch.int64)

@@ -3,8 +3,12 @@ IDX files in temporary folders (with their own MD5s), plus one test of the real 
 
 import gzip
 import hashlib
+import os
 import re
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +214,112 @@ def test_a_flipped_byte_inside_the_compressed_stream_names_the_file(fake):
             load_mnist("train")
         failures += 1
     assert failures >= 50
+
+
+# MNIST and Fashion-MNIST name their files alike: a folder of MNIST files must not make Fashion-MNIST
+# report a valid MNIST file as corrupt (and tell the user to delete it).
+
+REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.fixture
+def mnist_folder(tmp_path, monkeypatch):
+    """$NEUROFORGE_DATA_DIR is a folder of the real MNIST test files (symlinks, in the folder itself);
+    /usr/share/datasets is an empty temporary folder; no cache, no network."""
+    if not (REAL_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"the real MNIST is not at {REAL_MNIST} (see ../shared/data/README.md)")
+    folder = tmp_path / "my-mnist"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(REAL_MNIST / name)
+    monkeypatch.setenv("NEUROFORGE_DATA_DIR", str(folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data, "_loaded", {})
+    downloads = []
+
+    def offline(spec):
+        downloads.append(spec.name)
+        raise ConnectionError("no network here")
+
+    monkeypatch.setattr(data, "_download", offline)
+    return {"folder": folder, "tmp": tmp_path, "downloads": downloads}
+
+
+def test_the_other_datasets_file_is_passed_over_and_the_search_goes_on(mnist_folder, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.randint(0, 256, (4, 28, 28), generator=g), torch.randint(0, 10, (4,), generator=g)
+    system = mnist_folder["tmp"] / "system" / "fashion-mnist"
+    system.mkdir(parents=True)
+    files = dict(data.FASHION_MNIST.files)
+    for role, array in (("test-images", images), ("test-labels", labels)):
+        raw = idx_bytes(array)
+        (system / f"{files[role][0]}.gz").write_bytes(gzip.compress(raw))
+        files[role] = (files[role][0], hashlib.md5(raw).hexdigest())
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", data.DatasetFiles("fashion-mnist", data.FASHION_MNIST.subdirs,
+                                                                          files, "FashionMNIST"))
+    x, y = load_dataset("fashion-mnist", "test")
+    torch.testing.assert_close(y, labels)
+    torch.testing.assert_close(x, images.reshape(4, -1).float() / 255)
+    assert load_mnist("test")[0].shape == (10000, 784)       # and the MNIST files still load as MNIST
+    assert mnist_folder["downloads"] == []
+
+
+def test_only_the_other_datasets_file_names_whose_it_is_and_where_this_one_goes(mnist_folder):
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", "test")
+    msg = str(err.value)
+    images = mnist_folder["folder"] / "t10k-images-idx3-ubyte.gz"
+    assert (f"{images} is MNIST's file, not Fashion-MNIST's; put Fashion-MNIST in "
+            f"{mnist_folder['folder'] / 'fashion-mnist'}") in msg
+    assert "corrupt" not in msg and "delete" not in msg and "checksum mismatch" not in msg
+    assert mnist_folder["downloads"] == ["fashion-mnist"]    # absent, so the download was tried first
+
+
+def test_fashion_mnist_beside_a_folder_of_mnist_files():
+    """The reported case with the real files: NEUROFORGE_DATA_DIR at a folder of MNIST files, and
+    Fashion-MNIST from Debian's package."""
+    if not (data.SYSTEM_DIR / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist (.ci/run installs it)")
+    if not (REAL_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"the real MNIST is not at {REAL_MNIST}")
+    code = ("from neuroforge_lit.data import load_dataset\n"
+            "x, y = load_dataset('fashion-mnist', 'test', download=False)\n"
+            "print(tuple(x.shape), y.bincount().tolist())\n")
+    env = {**os.environ, "NEUROFORGE_DATA_DIR": str(REAL_MNIST), "XDG_CACHE_HOME": "/nonexistent"}
+    env.pop("NEUROFORGE_DATA_LIMIT", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"(10000, 784) {[1000] * 10}"
+
+
+# NEUROFORGE_DATA_LIMIT: smoke runs of the documentation and of the installed package.
+
+def test_data_limit_cuts_each_split_after_verifying_the_full_file(fake, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_announced_limits", set())
+    monkeypatch.setenv("NEUROFORGE_DATA_LIMIT", "5")
+    x, y = load_mnist("train")
+    assert x.shape == (5, 784) and y.shape == (5,)
+    torch.testing.assert_close(y, fake["arrays"]["train-labels"][:5])
+    torch.testing.assert_close(x, fake["arrays"]["train-images"][:5].reshape(5, -1).float() / 255)
+    assert load_mnist("test")[0].shape == (5, 784)           # 5 test examples of 5: nothing cut
+    load_mnist("train")
+    err = capsys.readouterr().err
+    assert err.count(data.MARKER) == 1 and "NEUROFORGE_DATA_LIMIT=5: mnist train cut to its first 5 of 12" in err
+    monkeypatch.delenv("NEUROFORGE_DATA_LIMIT")
+    assert load_mnist("train")[0].shape == (12, 784)         # the cache holds the full split
+
+
+def test_data_limit_still_checks_the_whole_file(fake, monkeypatch):
+    monkeypatch.setenv("NEUROFORGE_DATA_LIMIT", "3")
+    path = fake["folder"] / "train-images-idx3-ubyte.gz"
+    _corrupt(path, "flipped byte")                           # the last byte: beyond the first 3 images
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_mnist("train")
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "ten", "1.5"])
+def test_data_limit_must_be_a_positive_whole_number(fake, monkeypatch, value):
+    monkeypatch.setenv("NEUROFORGE_DATA_LIMIT", value)
+    with pytest.raises(ValueError, match=f"NEUROFORGE_DATA_LIMIT must be a positive whole number .*{value!r}"):
+        load_mnist("train")
