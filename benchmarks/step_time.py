@@ -252,10 +252,11 @@ def adamw_update_steps(device, sizes=(784, 512, 128, 10), lr=1e-3):
     shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
     start = [torch.randn(s, generator=g).to(device) for s in shapes]
     grads = [torch.randn(s, generator=g).to(device) for s in shapes]
+    other = [-q for q in grads]          # a step refuses the very gradients of the step before it
     sides = {}
     for name, cls in (("reference", AdamW), ("foreach", ForeachAdamW), ("fast", FusedAdamW)):
         params, opt = [p.clone() for p in start], cls(lr)
-        sides[name] = lambda opt=opt, params=params: opt.step(params, grads)
+        sides[name] = lambda opt=opt, params=params: opt.step(params, other if opt.t % 2 else grads)
     theirs = [nn.Parameter(p.clone()) for p in start]
     for p, grad in zip(theirs, grads):
         p.grad = grad.clone()

@@ -10,6 +10,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 import math
 import torch
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
+from neuroforge_lit.logistic import _check_params
 from neuroforge_lit.losses import softmax
 from neuroforge_lit.norm import LayerNorm
 
@@ -36,6 +37,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.ndim < 2 or not q.shape == k.shape == v.shape:
         raise ValueError(f"q, k and v must have the same shape (..., T, d); got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must have one dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}")
 
 
 def softmax_backward(dP: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ def attention_backward(dout: torch.Tensor, cache):
 
 
 # book/12_attention.md, section "Multi-head attention"
-def _check_tokens(x: torch.Tensor, d_model: int, name: str) -> None:
+def _check_tokens(x: torch.Tensor, d_model: int, name: str, **params: torch.Tensor) -> None:
+    _check_params(x, **params)
     if x.ndim != 3 or x.shape[2] != d_model:
         raise ValueError(f"{name} expects tokens of shape (B, T, {d_model}), got {tuple(x.shape)}")
 
@@ -194,7 +198,9 @@ class PositionEmbedding(Layer):
         self.params = {"E": E.to(device)}
 
     def forward(self, x):
-        return x + self.params["E"]                                            # (eq-vit)
+        E = self.params["E"]
+        _check_tokens(x, E.shape[1], "PositionEmbedding", E=E)
+        return x + E                                                           # (eq-vit)
 
     def backward(self, dout, input_grad=True):
         self.grads["E"] = dout.sum(0)                                          # summed over the batch
@@ -205,11 +211,12 @@ class MeanOverTokens(Layer):
     """(B, T, D) -> (B, D): the average token."""
 
     def forward(self, x):
-        self.n_tokens = x.shape[1]
+        self.cache = x.shape[1]                                                # T, for the backward
         return x.mean(1)                                                       # (eq-vit)
 
     def backward(self, dout, input_grad=True):
-        return (dout / self.n_tokens)[:, None, :].expand(-1, self.n_tokens, -1)
+        T = self.cache
+        return (dout / T)[:, None, :].expand(-1, T, -1)
 
 
 def vision_transformer(d_model: int = 64, n_heads: int = 4, depth: int = 4, d_hidden: int = 128, *,

@@ -36,7 +36,7 @@ import torch
 
 from neuroforge_lit.files import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_fit_position", "load_fit_position"]
 
 FORMAT, VERSION = "neuroforge-lit-checkpoint", 3
 MAGIC = b"NEUROFORGE-LIT-CHECKPOINT"
@@ -53,6 +53,8 @@ def _without_storage(model) -> list[str]:
 def save_checkpoint(path: str | Path, model, optimizer=None, extra: dict | None = None) -> None:
     """Write the model's state (and the optimizer's) to `path` atomically, with its SHA-256."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: the folder {path.parent} does not exist")
     if _without_storage(model):
         raise CheckpointError(f"{path}: the model's parameters {_without_storage(model)[:3]} have no storage "
                               "(the meta device); there is nothing to save")
@@ -112,11 +114,24 @@ def _read(path: Path) -> dict:
     return state
 
 
-def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
+def _optimizer_state_problems(state: list, params: list) -> list[str]:
+    """Why an optimizer's per-parameter state cannot step `params` (none if it can)."""
+    if not isinstance(state, list) or not all(isinstance(s, dict) for s in state):
+        return [f"its state is a {type(state).__name__}, not a list of one dict per parameter"]
+    if state and len(state) != len(params):
+        return [f"it holds state for {len(state)} parameters, but the optimizer steps {len(params)} (an "
+                "optimizer of another model, or of a part of it: pass params= the tensors it steps)"]
+    return [f"the state {name!r} of parameter {i} has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}"
+            for i, (s, p) in enumerate(zip(state, params)) for name, value in s.items()
+            if isinstance(value, torch.Tensor) and value.shape != p.shape]
+
+
+def load_checkpoint(path: str | Path, model, optimizer=None, params=None) -> dict:
     """Restore `model` (and `optimizer`) in place from `path`; returns the checkpoint's `extra`.
 
     Nothing is modified unless the file's SHA-256 matches and the whole checkpoint fits the model
-    (and the optimizer, if one is given).
+    and the optimizer, if one is given: its state must fit the tensors it steps, ``params``
+    (default: ``model.parameters()``; pass e.g. ``head.parameters()`` for an optimizer of a part).
     """
     path = Path(path)
     state = _read(path)
@@ -131,13 +146,69 @@ def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
     if optimizer is not None and state["optimizer"] is None:
         problems.append("the checkpoint holds no optimizer state")
     elif optimizer is not None:
-        try:                                  # its state's shapes are checked at the next step
+        try:
             optimizer.check_state_dict(state["optimizer"])
         except ValueError as error:
             problems.append(f"optimizer: {error}")
+        else:
+            stepped = model.parameters() if params is None else list(params)
+            problems += [f"optimizer: {problem}" for problem in _optimizer_state_problems(
+                state["optimizer"]["state"], stepped)]
     if problems:
         raise CheckpointError(f"{path} does not fit:\n  " + "\n  ".join(problems))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     return state["extra"]
+
+
+# --- resuming fit -------------------------------------------------------------------------------
+# training.fit keeps its place in a Position (epoch, next minibatch, steps, this epoch's order and
+# losses, the History); with the model, the optimizer and the shuffling generator that is the whole
+# state of a run, so a resumed run takes exactly the steps the uninterrupted one would have taken.
+
+
+def save_fit_position(path, model, optimizer, generator: torch.Generator, position, run: dict,
+                      seconds: float) -> None:
+    """Save model, optimizer and fit's Position to `path` (atomically, as save_checkpoint does).
+    `run` names the settings a resumed run must share (examples, batch size, epochs, seed)."""
+    mid_epoch = position.i > 0
+    save_checkpoint(path, model, optimizer, extra={"fit": {
+        "run": dict(run), "epoch": position.epoch, "i": position.i, "step": position.step,
+        "perm": position.perm.cpu() if mid_epoch else None,
+        "losses": position.losses.cpu() if mid_epoch else None,
+        "generator": generator.get_state(), "seconds": float(seconds),
+        "step_loss": torch.tensor(position.history.step_loss, dtype=torch.float64),
+        "epochs": [dict(row) for row in position.history.epochs]}})
+
+
+def load_fit_position(path, model, optimizer, generator: torch.Generator, run: dict, device=None, log=print):
+    """Restore model, optimizer and generator from a file save_fit_position wrote, and return the
+    Position to continue from; None (a fresh start, said through `log`) if there is no such file.
+    A checkpoint of a run with other settings is refused before anything changes."""
+    from neuroforge_lit.training import History, Position     # training imports this module
+
+    if path is None:
+        raise ValueError("resume=True needs checkpoint=<file> to resume from")
+    path = Path(path)
+    if not path.exists():
+        if log:
+            log(f"no checkpoint at {path}: starting from the first step")
+        return None
+    saved = _read(path)["extra"].get("fit")
+    if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+        raise CheckpointError(f"{path}: not written by fit (its extra has no 'fit' entry); nothing was loaded")
+    differs = [f"{key} {saved['run'].get(key)!r} there, {value!r} here" for key, value in run.items()
+               if saved["run"].get(key) != value]
+    if differs:
+        raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(differs)}); "
+                              "nothing was loaded")
+    load_checkpoint(path, model, optimizer)
+    generator.set_state(saved["generator"])
+    history = History(saved["step_loss"].tolist(), saved["epochs"], saved["seconds"])
+    position = Position(history, saved["epoch"], saved["i"], saved["step"],
+                        None if saved["perm"] is None else saved["perm"].to(device),
+                        None if saved["losses"] is None else saved["losses"].to(device))
+    if log:
+        log(f"resuming from {path}: epoch {position.epoch}, step {position.step}")
+    return position

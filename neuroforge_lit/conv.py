@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from neuroforge_lit.layers import Layer
+from neuroforge_lit.logistic import _check_params
 
 __all__ = [
     "conv_output_size",
@@ -34,6 +35,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def _check_conv(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, stride: int, padding: int) -> None:
+    _check_params(x, W=W, b=b)
     if x.ndim != 4 or W.ndim != 4 or W.shape[2] != W.shape[3] or x.shape[1] != W.shape[1] \
             or b.shape != (W.shape[0],):
         raise ValueError(f"expected x (N, C, H, W), W (C_out, C, K, K), b (C_out,); got x {tuple(x.shape)}, "

@@ -17,13 +17,7 @@ __all__ = [
 
 
 # book/06_distillation.md, section "The gradient"
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      T: float, alpha: float):
-    """alpha * T^2 * CE(teacher_T, student_T) + (1 - alpha) * CE(labels, student) -> (loss, dlogits).
-
-    student_logits, teacher_logits: (B, C); labels: (B,) int64 (ignored when alpha == 1);
-    T > 0 the temperature; alpha in [0, 1] the weight of the soft-target term.
-    """
+def _check_distillation(student_logits, teacher_logits, T: float, alpha: float) -> None:
     if not T > 0:
         raise ValueError(f"temperature T must be > 0, got {T}")
     if not 0.0 <= alpha <= 1.0:
@@ -31,6 +25,19 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape (B, C)")
+    for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {z.dtype}")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      T: float, alpha: float):
+    """alpha * T^2 * CE(teacher_T, student_T) + (1 - alpha) * CE(labels, student) -> (loss, dlogits).
+
+    student_logits, teacher_logits: (B, C); labels: (B,) int64 (ignored when alpha == 1);
+    T > 0 the temperature; alpha in [0, 1] the weight of the soft-target term.
+    """
+    _check_distillation(student_logits, teacher_logits, T, alpha)
     b, dtype = student_logits.shape[0], student_logits.dtype
     if dtype in (torch.float16, torch.bfloat16):                            # losses in float32
         student_logits, teacher_logits = student_logits.float(), teacher_logits.float()

@@ -82,6 +82,7 @@ def normalize_forward_fast(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Ten
                            eps: float = 1e-5):
     """normalize_forward with xhat written over the centred input and beta + gamma * xhat in one
     addcmul: two tensors of the size of x fewer."""
+    _check_affine(x, gamma, beta, "normalize_forward_fast")
     mean = x.mean(dim, keepdim=True)                              # (eq-norm-mean)
     centred = x - mean                                            # (eq-norm-centre)
     var = (centred * centred).mean(dim, keepdim=True)             # (eq-norm-var)
@@ -185,7 +186,9 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
     Same result as ``model.backward(dout, input_grad=False)`` followed by
     ``GradientDescent(lr).step(model.parameters(), model.gradients())``, up to rounding, but each
     Linear layer's weight gradient is folded into its update (one ``addmm_``) and never stored:
-    the Linear layers' gradients are left as they were. A non-finite dout is refused before anything
+    the Linear layers' gradients are left as they were. Other layers, containers included (a
+    transformer block, a nested Sequential), run their own backward and are stepped from their
+    gradients, every parameter inside them. A non-finite dout is refused before anything
     changes; a NaN or inf that first appears inside the backward pass (an overflow) is not caught,
     since the upper layers are already updated when the lower ones' gradients are computed.
     """
@@ -205,8 +208,8 @@ def sgd_step_fused(model: Sequential, dout: torch.Tensor, lr: float) -> None:
             layer.params["b"].sub_(dout.sum(0), alpha=lr)         # b <- b - lr sum_n dO_n
         else:
             dx = layer.backward(dout, input_grad=input_grad)
-            if layer.params:                                      # e.g. batch norm's gamma and beta
-                GradientDescent(lr).step(layer.parameters(), layer.gradients())
+            if layer.parameters():                                # batch norm's gamma and beta, or a
+                GradientDescent(lr).step(layer.parameters(), layer.gradients())   # container's layers
         dout = dx
 
 

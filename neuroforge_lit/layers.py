@@ -10,6 +10,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 import math
 import torch
 from contextlib import contextmanager
+from neuroforge_lit.logistic import _check_params
 
 __all__ = [
     "linear_forward",
@@ -26,6 +27,7 @@ __all__ = [
 
 # book/02_mlp.md, section "Forward, with shapes"
 def _check_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> None:
+    _check_params(x, W=W, b=b)
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0] or b.shape != (W.shape[1],):
         raise ValueError(f"expected x (N, D_in), W (D_in, D_out), b (D_out,); got x {tuple(x.shape)}, "
                          f"W {tuple(W.shape)}, b {tuple(b.shape)}")
@@ -72,7 +74,10 @@ class Layer:
     buffers: tensors that are state but are not trained (running statistics).
     generators: the torch.Generator objects its random draws come from.
     children(): the layers inside it (for containers).
+    process_local: True where the parameters live on one process only (chapter 9's experts).
     """
+
+    process_local = False
 
     def __init__(self):
         self.params: dict[str, torch.Tensor] = {}
@@ -90,6 +95,11 @@ class Layer:
 
     def children(self) -> dict[str, "Layer"]:
         return {}
+
+    def __getattr__(self, name: str):   # only reached when normal lookup fails: no forward has run yet
+        if name.endswith("cache"):
+            raise RuntimeError(f"{type(self).__name__}.backward was called before forward (no {name} yet)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)

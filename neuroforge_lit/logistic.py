@@ -25,11 +25,21 @@ def sigmoid(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))     # (eq-lr-sigmoid-stable)
 
 
+def _check_params(x: torch.Tensor, **params: torch.Tensor) -> None:
+    """TypeError, naming the argument, unless x and the parameters are tensors of one dtype."""
+    for name, t in {"x": x, **params}.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {'None' if t is None else type(t).__name__}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"x is {x.dtype} but the layer's {name} is {t.dtype}")
+
+
 def logistic_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
     """Logits of a logistic-regression model.
 
     x: (N, D) inputs, w: (D,) weights, b: () bias  ->  z: (N,) logits, cache for the backward.
     """
+    _check_params(x, w=w, b=b)
     if x.ndim != 2 or w.shape != (x.shape[1],):
         raise ValueError(f"expected x of shape (N, D) and w of shape (D,), got x {tuple(x.shape)} "
                          f"and w {tuple(w.shape)}")
@@ -38,6 +48,16 @@ def logistic_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
 
 
 # book/01_logistic_regression.md, section "Backward: the derivative that makes logistic regression simple"
+def _check_logits_targets(z: torch.Tensor, y: torch.Tensor) -> None:
+    if not z.is_floating_point():
+        raise TypeError(f"logits z must be floating point, got {z.dtype}")
+    if z.shape != y.shape or z.ndim != 1:
+        raise ValueError(f"expected z and y of the same shape (N,), got z {tuple(z.shape)} "
+                         f"and y {tuple(y.shape)}")
+    if z.shape[0] == 0:
+        raise ValueError("empty batch: the mean loss of zero examples is undefined")
+
+
 def bce_with_logits(z: torch.Tensor, y: torch.Tensor):
     """Mean binary cross-entropy of targets y in {0, 1} under logits z, and dL/dz.
 
@@ -45,11 +65,7 @@ def bce_with_logits(z: torch.Tensor, y: torch.Tensor):
     Stable for every finite logit: nothing is exponentiated that could overflow. For 16-bit
     logits the loss is computed and returned in float32; dz has the logits' dtype.
     """
-    if z.shape != y.shape or z.ndim != 1:
-        raise ValueError(f"expected z and y of the same shape (N,), got z {tuple(z.shape)} "
-                         f"and y {tuple(y.shape)}")
-    if z.shape[0] == 0:
-        raise ValueError("empty batch: the mean loss of zero examples is undefined")
+    _check_logits_targets(z, y)
     dtype = z.dtype
     if dtype in (torch.float16, torch.bfloat16):
         z, y = z.float(), y.float()

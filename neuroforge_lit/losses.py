@@ -19,6 +19,8 @@ __all__ = [
 
 # book/02_mlp.md, section "Softmax and cross-entropy, fused"
 def _check_logits_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
     if logits.shape[0] == 0:

@@ -11,6 +11,7 @@ import math
 import torch
 from typing import NamedTuple
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
+from neuroforge_lit.logistic import _check_params
 from neuroforge_lit.losses import softmax
 
 __all__ = [
@@ -29,16 +30,22 @@ __all__ = [
 
 
 # book/07_mixture_of_experts.md, section "The backward pass, every path"
-def _check_gating(x: torch.Tensor, W_g: torch.Tensor, k: int) -> None:
+def _check_gating(x: torch.Tensor, k: int, **weights: torch.Tensor) -> None:
+    """weights: W_g (D, E), and for noisy gating W_noise of the same shape."""
+    _check_params(x, **weights)
+    W_g = weights["W_g"]
     if x.ndim != 2 or W_g.ndim != 2 or x.shape[1] != W_g.shape[0]:
         raise ValueError(f"expected x (B, D) and W_g (D, E); got x {tuple(x.shape)}, W_g {tuple(W_g.shape)}")
     if not 1 <= k <= W_g.shape[1]:
         raise ValueError(f"k must be between 1 and the number of experts ({W_g.shape[1]}), got {k}")
+    if weights.get("W_noise", W_g).shape != W_g.shape:
+        raise ValueError(f"W_noise must have the shape of W_g {tuple(W_g.shape)}, "
+                         f"got {tuple(weights['W_noise'].shape)}")
 
 
 def softmax_gating_forward(x: torch.Tensor, W_g: torch.Tensor):
     """Dense gates softmax(x W_g): x (B, D), W_g (D, E) -> gates (B, E), cache."""
-    _check_gating(x, W_g, 1)
+    _check_gating(x, 1, W_g=W_g)
     gates = softmax(x @ W_g)
     return gates, (x, W_g, gates)
 
@@ -77,9 +84,7 @@ def noisy_top_k_gating_forward(x, W_g, W_noise, k: int, noise=None, noise_epsilo
 
     noise: standard normal draws (B, E), or None for inference (clean logits, load = counts).
     """
-    _check_gating(x, W_g, k)
-    if W_noise.shape != W_g.shape:
-        raise ValueError(f"W_noise must have the shape of W_g {tuple(W_g.shape)}, got {tuple(W_noise.shape)}")
+    _check_gating(x, k, W_g=W_g, W_noise=W_noise)
     n_experts = W_g.shape[1]
     h = x @ W_g                                                            # (eq-moe-clean)
     noisy_load = noise is not None and k < n_experts
@@ -212,7 +217,7 @@ class MoE(Layer):
     def forward(self, x, noise=None):
         if noise is None and self.training:
             noise = torch.randn(len(x), self.params["W_g"].shape[1], generator=self.generators.get("noise"),
-                                dtype=x.dtype).to(x.device)
+                                dtype=self.params["W_g"].dtype).to(x.device)
         gates, self.load, self.gate_cache = noisy_top_k_gating_forward(
             x, self.params["W_g"], self.params["W_noise"], self.k, noise if self.training else None)
         self.importance = gates.sum(0)                                     # (eq-moe-cv)

@@ -10,6 +10,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 import torch
 from typing import NamedTuple
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
+from neuroforge_lit.logistic import _check_params
 
 __all__ = [
     "NormCache",
@@ -40,6 +41,7 @@ class NormCache(NamedTuple):
 
 
 def _check_affine(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, name: str) -> None:
+    _check_params(x, gamma=gamma, beta=beta)
     if x.ndim != 2:
         raise ValueError(f"{name}: x must have shape (N, D), got {tuple(x.shape)}")
     if gamma.shape != (x.shape[1],) or beta.shape != (x.shape[1],):
@@ -56,6 +58,7 @@ def normalize_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, 
                       eps: float = 1e-5):
     """gamma * (x - mean) / sqrt(var + eps) + beta, statistics along `dim` -> (out, NormCache).
     16-bit inputs: statistics in float32, the output in the input's dtype."""
+    _check_affine(x, gamma, beta, "normalize_forward")
     x_dtype = x.dtype
     x = x.to(statistics_dtype(x_dtype))
     mean = x.mean(dim, keepdim=True)                       # (eq-norm-mean)

@@ -11,9 +11,11 @@ its equations, in the chapter(s) below; the comment above each block names its s
 
 import math
 import torch
+import weakref
 
 __all__ = [
     "check_gradients",
+    "check_distinct",
     "Optimizer",
     "GradientDescent",
     "SGD",
@@ -39,6 +41,17 @@ def check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> No
                             f"{g.dtype} on {g.device}")
 
 
+def check_distinct(params: list[torch.Tensor]) -> None:
+    """Raise, naming both, if one tensor is passed twice (tied weights): it would take two steps,
+    with two states. Pass it once, with the sum of its gradients."""
+    first: dict[int, int] = {}
+    for i, p in enumerate(params):
+        j = first.setdefault(p.data_ptr(), i) if p.numel() else i
+        if j != i:
+            raise ValueError(f"parameters {j} and {i} are the same tensor (tied weights?): pass it once, "
+                             "with the sum of its gradients")
+
+
 def _check_range(name: str, value: float, low: float, high: float = math.inf, high_open=True) -> None:
     ok = low <= value < high if high_open else low <= value <= high
     if not ok:
@@ -54,6 +67,7 @@ class Optimizer:
         self.t = 0                                 # steps taken
         self.state: list[dict[str, torch.Tensor]] = []
         self.state_loaded = False                  # True from load_state_dict until the next step
+        self.last_grads: list = []                 # what the last step applied (weak references)
 
     @property
     def lr(self) -> float:
@@ -80,6 +94,7 @@ class Optimizer:
         self.t += 1
         if params:
             self.update_all(params, grads)
+        self.last_grads = [(weakref.ref(g), g._version) for g in grads]
 
     def update_all(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """One parameter at a time (the performance appendix overrides this for whole lists)."""
@@ -88,10 +103,20 @@ class Optimizer:
 
     def _check(self, params, grads) -> None:
         check_gradients(params, grads)
+        check_distinct(params)
         if self.state and len(self.state) != len(params):
             raise ValueError(f"this optimizer holds state for {len(self.state)} parameters, "
                              f"got {len(params)}")
         self.check_finite(grads)
+        self._check_fresh(grads)
+
+    def _check_fresh(self, grads) -> None:
+        """Raise if every gradient is the very tensor the last step applied, unchanged since (no
+        backward in between): the step would apply it again."""
+        if len(grads) == len(self.last_grads) > 0 and all(
+                ref() is g and g._version == version for (ref, version), g in zip(self.last_grads, grads)):
+            raise RuntimeError("step() got the gradients of the previous step again, unchanged: call "
+                               "backward first (or pass copies to apply them twice on purpose)")
 
     def check_finite(self, grads) -> None:
         """Raise FloatingPointError, naming the first gradient that holds a NaN or an inf."""

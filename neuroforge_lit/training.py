@@ -12,6 +12,7 @@ import time
 import torch
 from dataclasses import dataclass, field
 from tqdm import tqdm
+from neuroforge_lit.checkpoint import load_fit_position, save_fit_position
 from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "evaluate",
     "History",
     "batch_bounds",
+    "Position",
     "fit",
 ]
 
@@ -71,9 +73,24 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, stop) for start, stop in zip(starts, starts[1:] + [n])]
 
 
+@dataclass
+class Position:
+    """Where `fit` is: the epoch under way, its next minibatch, the steps taken, this epoch's order
+    and losses so far, and the History. With the shuffling generator, the model and the optimizer,
+    it is all a checkpoint needs to resume the run bit for bit."""
+
+    history: History
+    epoch: int = 1
+    i: int = 0
+    step: int = 0
+    perm: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+
+
 def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedule=None,
         loss_fn=softmax_cross_entropy, eval_sets: dict | None = None, seed: int = 0,
-        augment=None, on_step=None, progress: bool | None = None, log=print) -> History:
+        augment=None, on_step=None, progress: bool | None = None, log=print,
+        checkpoint=None, checkpoint_every: int | None = None, resume: bool = False) -> History:
     """Train `model` by minibatches; returns a History.
 
     targets: a tensor, or a tuple of tensors (e.g. labels and teacher logits), indexed like x and
@@ -84,6 +101,8 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
     step (e.g. to record statistics of the model). The minibatches are those of `batch_bounds`.
     progress: a tqdm bar per epoch; None (default) shows it only in a terminal. log: called with
     one line per epoch (None for silence).
+    checkpoint: a file that model, optimizer and Position are saved to after every epoch (and every
+    `checkpoint_every` steps); resume=True continues from it, bit for bit, if it exists.
     """
     targets = targets if isinstance(targets, tuple) else (targets,)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -96,31 +115,41 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
         raise ValueError(f"x has {len(x)} examples but targets have {[len(t) for t in targets]}")
     gen = torch.Generator().manual_seed(seed)
     steps = len(bounds)
-    history, step, start = History(), 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    run = {"examples": len(x), "batch_size": batch_size, "epochs": epochs, "seed": seed}
+    at = Position(History())
+    if resume:                                               # engineering: neuroforge_lit.checkpoint
+        at = load_fit_position(checkpoint, model, optimizer, gen, run, x.device, log) or at
+    start = time.perf_counter() - at.history.seconds
+    for epoch in range(at.epoch, epochs + 1):
         model.train()
-        perm = torch.randperm(len(x), generator=gen).to(x.device)
-        losses = torch.empty(steps, device=x.device)
-        for i in tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=1.0,
+        if at.i == 0:
+            at.perm = torch.randperm(len(x), generator=gen).to(x.device)
+            at.losses = torch.empty(steps, device=x.device)
+        for i in tqdm(range(at.i, steps), desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=1.0,
                       disable=None if progress is None else not progress):
-            idx = perm[bounds[i][0]:bounds[i][1]]
+            idx = at.perm[bounds[i][0]:bounds[i][1]]
             if lr_schedule is not None:
-                optimizer.lr = lr_schedule(step / (steps * epochs))
+                optimizer.lr = lr_schedule(at.step / (steps * epochs))
             xb = x[idx] if augment is None else augment(x[idx], gen)
             logits = model.forward(xb)
-            losses[i], dlogits = loss_fn(logits, *(t[idx] for t in targets))
+            at.losses[i], dlogits = loss_fn(logits, *(t[idx] for t in targets))
             model.backward(dlogits, input_grad=False)        # the images need no gradient
             optimizer.step(model.parameters(), model.gradients())
-            step += 1
+            at.step, at.i = at.step + 1, i + 1
             if on_step is not None:
-                on_step(step)
-        row = {"epoch": epoch, "train_loss": losses.mean().item(),
+                on_step(at.step)
+            if checkpoint is not None and checkpoint_every and at.step % checkpoint_every == 0 and at.i < steps:
+                save_fit_position(checkpoint, model, optimizer, gen, at, run, time.perf_counter() - start)
+        row = {"epoch": epoch, "train_loss": at.losses.mean().item(),
                "seconds": time.perf_counter() - start}
         for name, (ex, ey) in (eval_sets or {}).items():
             row.update({f"{name}_{k}": v for k, v in evaluate(model, ex, ey).items()})
-        history.step_loss += losses.tolist()
-        history.epochs.append(row)
+        at.history.step_loss += at.losses.tolist()
+        at.history.epochs.append(row)
+        at.epoch, at.i = epoch + 1, 0
+        if checkpoint is not None:
+            save_fit_position(checkpoint, model, optimizer, gen, at, run, time.perf_counter() - start)
         if log:
             log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    history.seconds = time.perf_counter() - start
-    return history
+    at.history.seconds = time.perf_counter() - start
+    return at.history

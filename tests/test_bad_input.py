@@ -128,20 +128,23 @@ WHY_NO_ROW = {
         "logistic_backward", "linear_backward", "relu_backward", "normalize_backward", "batchnorm_eval_backward",
         "dropout_backward", "softmax_gating_backward", "noisy_top_k_gating_backward", "moe_dispatch_backward",
         "conv2d_backward", "maxpool2d_backward", "attention_backward", "softmax_backward",
-        "batchnorm_backward_fast", "layernorm_backward_fast"],
+        "batchnorm_backward_fast", "layernorm_backward_fast", "conv2d_backward_fast"],
     "elementwise or shape-preserving: any tensor is a valid input, as for torch's own": [
         "sigmoid", "relu_forward", "log_softmax", "softmax", "normal_cdf", "normal_pdf", "dropout_mask",
-        "cv_squared", "Reshape", "Tokenwise", "MeanOverTokens", "PositionEmbedding", "ReLU", "FastReLU"],
+        "cv_squared", "Reshape", "Tokenwise", "MeanOverTokens", "ReLU", "FastReLU"],
     "validated through the functions it calls (their rows are above)": [
         "normalize_forward", "BatchNorm1d", "LayerNorm", "Sequential", "Layer", "moe_dispatch_forward",
-        "im2col", "col2im", "conv_output_size", "Conv2d", "MaxPool2d", "TransformerBlock", "vision_transformer",
+        "im2col", "col2im", "conv_output_size", "Conv2d", "MaxPool2d", "TransformerBlock", "PositionEmbedding",
+        "vision_transformer",
         "running_stats_update", "evaluate", "batch_bounds", "cosine_lr", "check_gradients", "Optimizer",
         "FastLinear", "FastBatchNorm1d", "FastLayerNorm", "normalize_forward_fast", "layernorm_forward_fast",
         "softmax_cross_entropy_fast", "speed_up", "sgd_step_fused", "ForeachAdam", "ForeachAdamW",
-        "FusedAdamW", "adamw_elementwise", "read_idx", "default_dataset", "search_dirs"],
+        "FusedAdamW", "adamw_elementwise", "read_idx", "default_dataset", "search_dirs",
+        "FastConv2d", "FastMaxPool2d"],
     "a map from dtype to dtype: every torch.dtype is a valid input": ["statistics_dtype"],
     "data, not code (a named tuple, a table, a constant, an exception)": [
-        "NormCache", "GatingCache", "History", "FAST_LAYERS", "SMALL_GAIN", "DataError"],
+        "NormCache", "GatingCache", "History", "Position", "FAST_LAYERS", "SMALL_GAIN", "DataError"],
+    "tested with every optimizer in tests/test_joints.py (one tensor passed twice)": ["check_distinct"],
     "chapter 8's recipe checks: they take models and data that the layers above validate": [
         "image_hashes", "exact_duplicates", "duplicates_between", "bit_identical", "loss_at_init",
         "small_last_layer", "prior_bias", "overfit_one_batch", "input_dependencies", "fit_with_early_stopping",

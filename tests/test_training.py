@@ -120,3 +120,74 @@ def test_a_batch_norm_model_trains_when_the_last_minibatch_would_hold_one_exampl
     assert len(history.step_loss) == 4                             # 16 + 17 per epoch, not 16 + 16 + 1
     with pytest.raises(ValueError, match="epochs must be a positive int"):
         fit(model, GradientDescent(0.1), x, y, epochs=0, batch_size=16, log=None)
+
+
+# --- resuming from a checkpoint -------------------------------------------------------------------
+
+class Interrupted(Exception):
+    pass
+
+
+def _resumable_run(tmp_path, *, stop_at=None, checkpoint_every=None, resume=False, batch_size=24, log=None):
+    """A dropout MLP (its masks come from a declared generator) trained by AdamW on a cosine
+    schedule with random translations (drawn from fit's own generator), 3 epochs of 100 examples;
+    stop_at raises in the middle of step stop_at, as a crash would."""
+    from neuroforge_lit.distill import random_translate
+    from neuroforge_lit.dropout import Dropout
+    from neuroforge_lit.optim import AdamW
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(100, 64, generator=g), torch.randint(0, 4, (100,), generator=g)
+    model = Sequential(Linear(64, 16, generator=torch.Generator().manual_seed(1)),
+                       Dropout(0.3, generator=torch.Generator().manual_seed(2)),
+                       Linear(16, 4, generator=torch.Generator().manual_seed(3)))
+    optimizer = AdamW(1e-2)
+
+    def on_step(step):
+        if step == stop_at:
+            raise Interrupted(step)
+
+    history = fit(model, optimizer, x, y, epochs=3, batch_size=batch_size, seed=7, log=log,
+                  lr_schedule=lambda p: cosine_lr(1e-2, p, warmup=0.1), eval_sets={"all": (x, y)},
+                  augment=lambda xb, gen: random_translate(xb.reshape(-1, 1, 8, 8), 1, gen).reshape(-1, 64),
+                  on_step=on_step, checkpoint=tmp_path / "run.ckpt", checkpoint_every=checkpoint_every,
+                  resume=resume)
+    return model, optimizer, history
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history.epochs]
+
+
+@pytest.mark.parametrize("stop_at,every", [(11, 4), (6, None), (13, 5)], ids=["mid-epoch", "epoch-end", "late"])
+def test_fit_resumes_bit_identically_after_a_crash(tmp_path, stop_at, every):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight_model, straight_optimizer, straight = _resumable_run(tmp_path / "a")
+    with pytest.raises(Interrupted):
+        _resumable_run(tmp_path / "b", stop_at=stop_at, checkpoint_every=every)
+    messages = []
+    model, optimizer, resumed = _resumable_run(tmp_path / "b", checkpoint_every=every, resume=True,
+                                               log=messages.append)
+    assert messages[0].startswith("resuming from") and "step 0" not in messages[0]
+    assert_tensors_equal(model.parameters(), straight_model.parameters(), "parameters, resumed vs straight")
+    assert_tensors_equal(model.state_dict()["generators"], straight_model.state_dict()["generators"], "generators")
+    assert optimizer.t == straight_optimizer.t and optimizer.lr == straight_optimizer.lr
+    assert resumed.step_loss == straight.step_loss
+    assert _without_seconds(resumed) == _without_seconds(straight)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings_and_starts_fresh_without_one(tmp_path):
+    from neuroforge_lit.checkpoint import CheckpointError
+
+    with pytest.raises(Interrupted):
+        _resumable_run(tmp_path, stop_at=6, checkpoint_every=3)
+    with pytest.raises(CheckpointError, match="batch_size 24 there, 32 here"):
+        _resumable_run(tmp_path, resume=True, batch_size=32)
+    messages = []
+    (tmp_path / "nothing-here").mkdir()
+    fresh_model, _, fresh = _resumable_run(tmp_path / "nothing-here", resume=True, log=messages.append)
+    assert messages[0].startswith("no checkpoint at") and len(fresh.epochs) == 3
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        fit(fresh_model, GradientDescent(0.1), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long),
+            epochs=1, batch_size=2, resume=True, log=None)
