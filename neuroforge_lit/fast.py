@@ -10,7 +10,9 @@ its equations, in the chapter(s) below; the comment above each block names its s
 import functools
 import math
 import torch
+import torch.nn.functional as F
 import warnings
+from neuroforge_lit.conv import Conv2d, MaxPool2d, _check_conv, _check_pool
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential, _check_linear
 from neuroforge_lit.losses import _as_float32_if_16bit, _check_logits_labels
 from neuroforge_lit.norm import BatchNorm1d, LayerNorm, NormCache, _check_affine, _check_batchnorm, running_stats_update
@@ -28,6 +30,9 @@ __all__ = [
     "FastBatchNorm1d",
     "layernorm_forward_fast",
     "FastLayerNorm",
+    "conv2d_backward_fast",
+    "FastConv2d",
+    "FastMaxPool2d",
     "FAST_LAYERS",
     "speed_up",
     "sgd_step_fused",
@@ -165,7 +170,58 @@ class FastLayerNorm(LayerNorm):
         return dx
 
 
-FAST_LAYERS = {Linear: FastLinear, ReLU: FastReLU, BatchNorm1d: FastBatchNorm1d, LayerNorm: FastLayerNorm}
+# book/10_performance.md, section "Convolution and max pooling: the backward pass on the forward kernels"
+def conv2d_backward_fast(dout: torch.Tensor, cache, input_grad: bool = True):
+    """conv2d_backward by forward convolutions: dx a transposed convolution, dW a dilated correlation.
+    cache = (x, W, stride, padding); dx is None unless input_grad."""
+    x, W, stride, padding = cache
+    K = W.shape[2]
+    db = dout.sum((0, 2, 3))                                      # (eq-conv-db)
+    dW = F.conv2d(x.transpose(0, 1), dout.transpose(0, 1), padding=padding, dilation=stride)   # (eq-conv-dw-corr)
+    dW = dW[:, :, :K, :K].transpose(0, 1).contiguous()            # offsets p, q < K; (C, C_out) -> (C_out, C)
+    if not input_grad:
+        return None, dW, db
+    unreached = [(size + 2 * padding - K) % stride for size in x.shape[2:]]             # (eq-conv-unreached)
+    dx = F.conv_transpose2d(dout, W, stride=stride, padding=padding,
+                            output_padding=unreached)                                       # (eq-conv-dx-transposed)
+    return dx, dW, db
+
+
+class FastConv2d(Conv2d):
+    """Conv2d whose forward is F.conv2d and whose backward is conv2d_backward_fast (no im2col)."""
+
+    def forward(self, x):
+        W, b = self.params["W"], self.params["b"]
+        _check_conv(x, W, b, self.stride, self.padding)
+        self.cache = (x, W, self.stride, self.padding)
+        return F.conv2d(x, W, b, stride=self.stride, padding=self.padding)   # (eq-conv-forward)
+
+    def backward(self, dout, input_grad=True):
+        dx, self.grads["W"], self.grads["b"] = conv2d_backward_fast(dout, self.cache, input_grad)
+        return dx
+
+
+class FastMaxPool2d(MaxPool2d):
+    """MaxPool2d by F.max_pool2d's maxima and indices; the backward scatters dout through the indices."""
+
+    def forward(self, x):
+        stride = self.kernel if self.stride is None else self.stride
+        _check_pool(x, self.kernel, stride)
+        x_last = x.contiguous(memory_format=torch.channels_last)   # the CPU kernel's fast layout
+        y, winner = F.max_pool2d(x_last, self.kernel, stride, return_indices=True)   # (eq-pool-forward)
+        self.cache = (winner, x.shape)
+        return y.contiguous()
+
+    def backward(self, dout, input_grad=True):
+        winner, (N, C, H, W) = self.cache                         # winner: the flat index h W + w
+        dx = dout.new_zeros(N * C, H * W)
+        dx.scatter_add_(1, winner.reshape(N * C, -1), dout.reshape(N * C, -1))   # (eq-pool-backward)
+        return dx.reshape(N, C, H, W)
+
+
+# book/10_performance.md, section "Convolution and max pooling: the backward pass on the forward kernels"
+FAST_LAYERS = {Linear: FastLinear, ReLU: FastReLU, BatchNorm1d: FastBatchNorm1d, LayerNorm: FastLayerNorm,
+               Conv2d: FastConv2d, MaxPool2d: FastMaxPool2d}
 
 
 def speed_up(model: Layer) -> Layer:

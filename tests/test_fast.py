@@ -1,8 +1,8 @@
 """book/10_performance.md: every fast variant against the reference it replaces, in float64 to
 1e-12 relative: the fast layers and loss (alone and through speed_up), the in-place norm
-backwards, sgd_step_fused (the update folded into the backward pass) and FusedAdamW's compiling.
-The optimizers' agreement with torch.optim, resume and NaN policy run with the references' in
-test_optim.py."""
+backwards, the convolution and max pooling on PyTorch's forward kernels, sgd_step_fused (the
+update folded into the backward pass) and FusedAdamW's compiling. The optimizers' agreement with
+torch.optim, resume and NaN policy run with the references' in test_optim.py."""
 
 import copy
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from neuroforge_lit import fast
+from neuroforge_lit.conv import Conv2d, MaxPool2d, Reshape, conv2d_backward, conv2d_forward, convnet
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.fast import (FastBatchNorm1d, FastLayerNorm, FastLinear, FastReLU, FusedAdamW,
-                                 batchnorm_backward_fast, layernorm_backward_fast, sgd_step_fused,
-                                 softmax_cross_entropy_fast, speed_up)
+from neuroforge_lit.fast import (FastBatchNorm1d, FastConv2d, FastLayerNorm, FastLinear, FastMaxPool2d, FastReLU,
+                                 FusedAdamW, batchnorm_backward_fast, conv2d_backward_fast, layernorm_backward_fast,
+                                 sgd_step_fused, softmax_cross_entropy_fast, speed_up)
 from neuroforge_lit.layers import Linear, ReLU, Sequential
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.moe import MoE
@@ -49,6 +50,8 @@ def _models():
                               Linear(16, 5, generator=g, dtype=torch.float64)),
         "moe": Sequential(MoE(20, 8, 4, 2, 6, generator=g, noise_generator=torch.Generator().manual_seed(4),
                               dtype=torch.float64), ReLU(), Linear(8, 5, generator=g, dtype=torch.float64)),
+        # 4 x 5 images: the first pooling leaves the last column out (no window reaches it)
+        "convnet": convnet((2, 3), hidden=8, classes=5, padding=2, image=(1, 4, 5), generator=g, dtype=torch.float64),
     }
 
 
@@ -252,3 +255,137 @@ def test_fast_norm_forward_matches_normalize_forward(dim):
         out, cache = fast.layernorm_forward_fast(x, gamma, beta)
         assert_parity([out, *cache[:5]], [ref_out, *ref_cache[:5]], "layernorm_forward_fast")
     assert cache.dim == dim
+
+
+# --- FastConv2d and FastMaxPool2d: the backward pass on PyTorch's forward kernels --------------------
+
+# (x shape, kernel, stride, padding); the remainder (H + 2P - K) mod S counts the rows no window reaches
+CONV_CASES = [((3, 2, 8, 8), 3, 2, 0),      # 1 row and 1 column unreached, pixels of the image
+              ((2, 3, 7, 6), 3, 2, 1),      # 0 and 1: the unreached column is padding
+              ((2, 2, 11, 9), 3, 3, 1),     # 1 and 2
+              ((2, 2, 9, 10), 4, 3, 0),     # 2 and 0, an even kernel
+              ((2, 3, 7, 6), 5, 1, 2),      # stride 1, "same" padding
+              ((1, 1, 5, 5), 2, 3, 0),      # stride > kernel: gaps between the windows, 0 and 0
+              ((4, 1, 6, 7), 1, 2, 1)]      # a 1 x 1 kernel: 1 and 0
+
+
+def _conv_pair(shape, K, S, P, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    reference = Conv2d(shape[1], 4, K, stride=S, padding=P, generator=g, dtype=dtype)
+    reference.params["b"] += torch.randn(4, generator=g, dtype=dtype)
+    return reference, speed_up(copy.deepcopy(reference)), torch.randn(shape, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("shape,K,S,P", CONV_CASES)
+def test_fast_conv_matches_the_im2col_reference(shape, K, S, P, input_grad):
+    reference, faster, x = _conv_pair(shape, K, S, P)
+    assert type(faster) is FastConv2d
+    outs = [layer.forward(x) for layer in (reference, faster)]
+    dout = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dx_r, dx_f = reference.backward(dout, input_grad), faster.backward(dout, input_grad)
+    assert_parity([outs[1], *faster.gradients()], [outs[0], *reference.gradients()], f"FastConv2d {shape} {K} {S} {P}")
+    if input_grad:
+        assert dx_f.shape == x.shape
+        assert_parity([dx_f], [dx_r], f"FastConv2d dx, {shape} {K} {S} {P}")
+    else:
+        assert dx_f is None and dx_r is None
+
+
+def test_fast_conv_gives_the_unreached_pixels_no_gradient():
+    """8 pixels, kernel 3, stride 2: the windows start at 0, 2, 4 and never read pixel 7."""
+    _, faster, x = _conv_pair((2, 3, 8, 8), 3, 2, 0)
+    y = faster.forward(x)
+    dx = faster.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    assert y.shape[2:] == (3, 3) and dx.shape == x.shape
+    assert torch.all(dx[..., 7] == 0) and torch.all(dx[..., 7, :] == 0)
+    assert (dx[..., :7, :7] != 0).all()
+    changed = x.clone()
+    changed[..., 7] = 1e3
+    assert torch.equal(faster.forward(changed), y)
+
+
+def test_conv2d_backward_fast_takes_the_input_as_its_cache():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64)
+    y, cache = conv2d_forward(x, W, torch.zeros(5, dtype=torch.float64), 2, 1)
+    dout = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    fast_grads = conv2d_backward_fast(dout, (x, W, 2, 1))
+    assert_parity(fast_grads, conv2d_backward(dout, cache), "conv2d_backward_fast")
+    assert fast_grads[1].is_contiguous() and fast_grads[1].shape == W.shape
+
+
+def test_fast_conv_in_float32():
+    reference, faster, x = _conv_pair((4, 3, 12, 12), 5, 1, 0, dtype=torch.float32)
+    dout = torch.randn(8 * 8 * 4 * 4, generator=torch.Generator().manual_seed(4)).reshape(4, 4, 8, 8)
+    for out_r, out_f in zip(*[(layer.forward(x), layer.backward(dout), *layer.gradients())
+                              for layer in (reference, faster)]):
+        assert out_f.dtype == torch.float32
+        torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_conv_refuses_what_the_reference_refuses():
+    for make, x in ((lambda cls: cls(3, 2, 3), torch.zeros(1, 4, 5, 5)),          # channels
+                    (lambda cls: cls(1, 2, 7), torch.zeros(1, 1, 5, 5)),          # kernel too big
+                    (lambda cls: cls(1, 2, 3, stride=0), torch.zeros(1, 1, 5, 5)),
+                    (lambda cls: cls(1, 2, 3), torch.zeros(1, 5, 5))):
+        with pytest.raises(ValueError) as reference_error:
+            make(Conv2d).forward(x)
+        with pytest.raises(ValueError, match=str(reference_error.value).replace("(", r"\(").replace(")", r"\)")):
+            make(FastConv2d).forward(x)
+    with pytest.raises(TypeError, match="x is torch.float64 but the layer's W is torch.float32"):
+        FastConv2d(1, 2, 3).forward(torch.zeros(1, 1, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        FastMaxPool2d(2).forward(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="does not fit"):
+        FastMaxPool2d(4).forward(torch.zeros(1, 1, 3, 3))
+
+
+# (kernel, stride, x shape): stride None is the kernel; overlapping windows add; columns left out
+POOL_CASES = [(2, None, (3, 4, 8, 8)), (2, None, (2, 3, 5, 7)), (3, 2, (3, 4, 9, 8)), (2, 1, (3, 4, 5, 7)),
+              (3, 3, (2, 4, 10, 11)), (3, 1, (1, 2, 6, 6))]
+
+
+@pytest.mark.parametrize("kernel,stride,shape", POOL_CASES)
+def test_fast_max_pool_matches_the_reference(kernel, stride, shape):
+    g = torch.Generator().manual_seed(5)
+    reference = MaxPool2d(kernel, stride)
+    faster = speed_up(copy.deepcopy(reference))
+    assert type(faster) is FastMaxPool2d
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    outs = [layer.forward(x) for layer in (reference, faster)]
+    dout = torch.randn(outs[0].shape, generator=g, dtype=torch.float64)
+    assert_parity([outs[1], faster.backward(dout)], [outs[0], reference.backward(dout)], f"FastMaxPool2d {kernel}")
+    assert outs[1].is_contiguous()
+
+
+@pytest.mark.parametrize("kernel,stride,shape", POOL_CASES)
+def test_fast_max_pool_breaks_ties_as_the_reference(kernel, stride, shape):
+    """Images of 0, 1 and 2 (ties in most windows) and integer upstream gradients, whose sums are
+    exact: the two paths must route every gradient to the same pixel, bit for bit."""
+    g = torch.Generator().manual_seed(6)
+    reference = MaxPool2d(kernel, stride)
+    faster = speed_up(copy.deepcopy(reference))
+    x = torch.randint(0, 3, shape, generator=g).to(torch.float64)
+    outs = [layer.forward(x) for layer in (reference, faster)]
+    dout = torch.randint(-9, 10, outs[0].shape, generator=g).to(torch.float64)
+    assert torch.equal(outs[1], outs[0])
+    assert torch.equal(faster.backward(dout), reference.backward(dout))
+
+
+def test_speed_up_converts_the_convnet_and_keeps_its_state():
+    model = convnet((2, 3), hidden=8, padding=2, image=(1, 8, 8), generator=torch.Generator().manual_seed(0))
+    state = model.state_dict()
+    speed_up(model)
+    assert [type(layer) for layer in model.layers] == [Reshape, FastConv2d, FastReLU, FastMaxPool2d, FastConv2d,
+                                                       FastReLU, FastMaxPool2d, Reshape, FastLinear, FastReLU,
+                                                       FastLinear]
+    assert_tensors_equal(model.state_dict()["params"], state["params"], "the convnet's parameters")
+
+
+def test_sgd_step_fused_on_the_fast_convnet():
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(8, 64, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
+    model = convnet((2, 3), hidden=8, classes=5, padding=2, image=(1, 8, 8), generator=g, dtype=torch.float64)
+    _assert_one_fused_step_matches_plain(speed_up(model), x, y)

@@ -84,6 +84,8 @@ LAYER_RECIPES = {
     fast.FastReLU: lambda: (fast.FastReLU(), r(5, 4)),
     fast.FastBatchNorm1d: lambda: (fast.FastBatchNorm1d(4), r(5, 4)),
     fast.FastLayerNorm: lambda: (fast.FastLayerNorm(4), r(5, 4)),
+    fast.FastConv2d: lambda: (fast.FastConv2d(2, 3, 3, padding=1, generator=g()), r(2, 2, 5, 5)),
+    fast.FastMaxPool2d: lambda: (fast.FastMaxPool2d(2), r(2, 2, 4, 4)),
 }
 
 
