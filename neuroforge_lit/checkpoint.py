@@ -134,7 +134,11 @@ def load_checkpoint(path: str | Path, model, optimizer=None, params=None) -> dic
     (default: ``model.parameters()``; pass e.g. ``head.parameters()`` for an optimizer of a part).
     """
     path = Path(path)
-    state = _read(path)
+    return _restore(path, _read(path), model, optimizer, params)
+
+
+def _restore(path: Path, state: dict, model, optimizer, params) -> dict:
+    """load_checkpoint's checks and copies, on a payload already read and verified."""
     problems = []
     if _without_storage(model):
         problems.append(f"model: parameters {_without_storage(model)[:3]} have no storage (the meta device); "
@@ -182,10 +186,12 @@ def save_fit_position(path, model, optimizer, generator: torch.Generator, positi
         "epochs": [dict(row) for row in position.history.epochs]}})
 
 
-def load_fit_position(path, model, optimizer, generator: torch.Generator, run: dict, device=None, log=print):
+def load_fit_position(path, model, optimizer, generator: torch.Generator, run: dict, device=None, log=print,
+                      mid_epoch: bool = True):
     """Restore model, optimizer and generator from a file save_fit_position wrote, and return the
     Position to continue from; None (a fresh start, said through `log`) if there is no such file.
-    A checkpoint of a run with other settings is refused before anything changes."""
+    A checkpoint of a run with other settings, or (mid_epoch=False) one written in the middle of
+    an epoch, is refused before anything changes."""
     from neuroforge_lit.training import History, Position     # training imports this module
 
     if path is None:
@@ -195,7 +201,8 @@ def load_fit_position(path, model, optimizer, generator: torch.Generator, run: d
         if log:
             log(f"no checkpoint at {path}: starting from the first step")
         return None
-    saved = _read(path)["extra"].get("fit")
+    state = _read(path)
+    saved = state["extra"].get("fit")
     if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
         raise CheckpointError(f"{path}: not written by fit (its extra has no 'fit' entry); nothing was loaded")
     differs = [f"{key} {saved['run'].get(key)!r} there, {value!r} here" for key, value in run.items()
@@ -203,7 +210,10 @@ def load_fit_position(path, model, optimizer, generator: torch.Generator, run: d
     if differs:
         raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(differs)}); "
                               "nothing was loaded")
-    load_checkpoint(path, model, optimizer)
+    if saved["i"] and not mid_epoch:
+        raise CheckpointError(f"{path} was written in the middle of epoch {saved['epoch']} (fit's checkpoint_every); "
+                              "this loop resumes only where an epoch ends; nothing was loaded")
+    _restore(path, state, model, optimizer, None)
     generator.set_state(saved["generator"])
     history = History(saved["step_loss"].tolist(), saved["epochs"], saved["seconds"])
     position = Position(history, saved["epoch"], saved["i"], saved["step"],

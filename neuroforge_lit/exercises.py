@@ -847,16 +847,19 @@ def _decode(data: bytes) -> tuple:
     return report
 
 
-def _read(fd: int, deadline: float) -> bytes | None:
-    """All that is written to the pipe ``fd`` until it closes, or None if it is still open at ``deadline``
-    (a report sent in time counts, however late the checker comes to read it)."""
-    poller, chunks = select.poll(), []
+def _read(fd: int, deadline: float, finish: float = 10.0) -> bytes | None:
+    """All that is written to the pipe ``fd`` until it closes, or None if nothing came by ``deadline``
+    (a report sent in time counts, however late the checker comes to read it). The child writes its
+    report only once the answer has returned, so after the first byte the rest may take ``finish``
+    more seconds from the last one: a large report is not cut off by the answer's time limit."""
+    poller, chunks, until = select.poll(), [], deadline
     poller.register(fd, select.POLLIN)
-    while poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+    while poller.poll(max(until - time.monotonic(), 0) * 1000):
         chunk = os.read(fd, 1 << 16)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        until = max(deadline, time.monotonic() + finish)
     return None
 
 

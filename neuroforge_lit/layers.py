@@ -96,10 +96,9 @@ class Layer:
     def children(self) -> dict[str, "Layer"]:
         return {}
 
-    def __getattr__(self, name: str):   # only reached when normal lookup fails: no forward has run yet
-        if name.endswith("cache"):
-            raise RuntimeError(f"{type(self).__name__}.backward was called before forward (no {name} yet)")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    def __getattr__(self, name: str):   # only reached when normal lookup fails
+        hint = " yet: backward was called before forward" if name.endswith("cache") else ""
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}{hint}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)

@@ -44,9 +44,10 @@ def check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> No
 def check_distinct(params: list[torch.Tensor]) -> None:
     """Raise, naming both, if one tensor is passed twice (tied weights): it would take two steps,
     with two states. Pass it once, with the sum of its gradients."""
-    first: dict[int, int] = {}
+    first: dict[tuple, int] = {}
     for i, p in enumerate(params):
-        j = first.setdefault(p.data_ptr(), i) if p.numel() else i
+        where = (p.untyped_storage().data_ptr(), p.storage_offset(), p.shape, p.stride())
+        j = first.setdefault(where, i) if p.numel() else i
         if j != i:
             raise ValueError(f"parameters {j} and {i} are the same tensor (tied weights?): pass it once, "
                              "with the sum of its gradients")
@@ -67,7 +68,7 @@ class Optimizer:
         self.t = 0                                 # steps taken
         self.state: list[dict[str, torch.Tensor]] = []
         self.state_loaded = False                  # True from load_state_dict until the next step
-        self.last_grads: list = []                 # what the last step applied (weak references)
+        self.last_grads: list = []                 # what the last step applied: (weak reference, version)
 
     @property
     def lr(self) -> float:
@@ -87,6 +88,7 @@ class Optimizer:
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """Update every parameter in place from its gradient (one step, t -> t + 1)."""
         self._check(params, grads)
+        applied = [(weakref.ref(g), None if g.is_inference() else g._version) for g in grads]
         if not self.state:
             self.state = [self.init_state(p) for p in params]
         elif self.state_loaded:
@@ -94,7 +96,7 @@ class Optimizer:
         self.t += 1
         if params:
             self.update_all(params, grads)
-        self.last_grads = [(weakref.ref(g), g._version) for g in grads]
+        self.last_grads = applied
 
     def update_all(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """One parameter at a time (the performance appendix overrides this for whole lists)."""
@@ -113,8 +115,9 @@ class Optimizer:
     def _check_fresh(self, grads) -> None:
         """Raise if every gradient is the very tensor the last step applied, unchanged since (no
         backward in between): the step would apply it again."""
-        if len(grads) == len(self.last_grads) > 0 and all(
-                ref() is g and g._version == version for (ref, version), g in zip(self.last_grads, grads)):
+        same = [ref() is g and version is not None and g._version == version
+                for (ref, version), g in zip(self.last_grads, grads)]
+        if len(grads) == len(self.last_grads) > 0 and all(same):
             raise RuntimeError("step() got the gradients of the previous step again, unchanged: call "
                                "backward first (or pass copies to apply them twice on purpose)")
 

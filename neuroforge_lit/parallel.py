@@ -316,8 +316,10 @@ def fit_data_parallel(model, optimizer, x, y, *, epochs: int, batch_size: int, l
     gen = torch.Generator().manual_seed(seed)
     run = {"examples": len(x), "batch_size": batch_size, "epochs": epochs, "seed": seed}
     at = Position(History())
-    if resume:                                           # fit's Position, whole epochs only
-        at = load_fit_position(checkpoint, model, optimizer, gen, run, x.device, log=None) or at
+    if resume:                                           # fit's Position, at an epoch's end only
+        at = load_fit_position(checkpoint, model, optimizer, gen, run, x.device, None, mid_epoch=False) or at
+        if all_reduce_sum(torch.tensor([float(at.step)], device=x.device)).item() != world_size * at.step:
+            raise RuntimeError("the processes resumed at different steps: did every one read the same checkpoint?")
     broadcast_parameters(model)                          # every copy starts from process 0's
     steps = len(bounds)
     start = time.perf_counter() - at.history.seconds

@@ -105,8 +105,9 @@ def fit(model, optimizer, x, targets, *, epochs: int, batch_size: int, lr_schedu
     `checkpoint_every` steps); resume=True continues from it, bit for bit, if it exists.
     """
     targets = targets if isinstance(targets, tuple) else (targets,)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    for name, value in (("epochs", epochs), ("checkpoint_every", 1 if checkpoint_every is None else checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     bounds = batch_bounds(len(x), batch_size)
     if "train" in (eval_sets or {}):
         raise ValueError("eval_sets may not be named 'train' (its columns would overwrite the "

@@ -317,3 +317,25 @@ def test_a_report_sent_in_time_counts_however_late_the_checker_reads_it():
         assert _read(read_end, deadline=time.monotonic() - 1) == b"report"
     finally:
         os.close(read_end)
+
+
+def test_a_report_that_started_in_time_is_read_to_its_end():
+    """The answer's time limit bounds the wait for its report's first byte, not the reading of a large
+    report the child is still writing when the limit passes."""
+    read_end, write_end = os.pipe()
+
+    def child():
+        os.write(write_end, b"start ")
+        time.sleep(0.4)                           # past the deadline below, mid-report
+        for _ in range(10):
+            os.write(write_end, b"x" * 20_000)
+        os.close(write_end)
+
+    writer = threading.Thread(target=child)
+    writer.start()
+    try:
+        data = _read(read_end, deadline=time.monotonic() + 0.2)
+    finally:
+        writer.join(timeout=10)
+        os.close(read_end)
+    assert data == b"start " + b"x" * 200_000

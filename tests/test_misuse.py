@@ -13,8 +13,6 @@ Counts (`pytest tests/test_misuse.py -k counts -s` prints them): 171 cells in al
       uint8 / int64 x (12 x 3 = 36; the other 7 take no parameters): 59
   losses, 5 rows: int64 / uint8 logits (6 logits arguments x 2 = 12), float labels (4; bce_with_logits
       takes float targets): 16
-ExpertParallelMoE's uint8 / int64 cells are expected failures (strict): chapter 9 draws its noise in
-x's dtype, and torch.randn refuses an integer dtype before the check is reached.
 """
 
 import importlib
@@ -198,7 +196,10 @@ def test_matrix_counts():
     for what in rows:
         print(f"{what}: {rows[what]} rows, {cells[what]} cells")
     print(f"in all: {sum(cells.values())} cells")
-    assert all(rows.values()) and cells["layers"] >= 2 * rows["layers"]
+    stated = {what: (int(n_rows), int(n_cells)) for what, n_rows, n_cells in
+              re.findall(r"^  ([a-z ]+), (\d+) rows:.*?: (\d+)$", __doc__, re.M | re.S)}
+    assert stated == {what: (rows[what], cells[what]) for what in rows}, "the docstring's counts are out of date"
+    assert f"{sum(cells.values())} cells in all" in __doc__, "the docstring's total is out of date"
 
 
 # --- layers -----------------------------------------------------------------------------------------------------
@@ -217,15 +218,17 @@ def test_layer_misuse(cls, column):
 
 
 def _backward_before_forward(cls, layer):
-    """A clear RuntimeError naming the layer (or, for a container, the layer inside it that was reached
-    first); a layer whose backward needs nothing from its forward pass may answer, but then as after one."""
+    """A clear AttributeError naming the layer (or, for a container, the layer inside it that was reached
+    first) and the mistake; a layer whose backward needs nothing from its forward pass may answer, but then
+    as after one."""
     reference, x_ref = LAYER_RECIPES[cls]()
     dout = torch.randn(reference.forward(x_ref).shape, generator=g())
     try:
         dx = layer.backward(dout)
-    except RuntimeError as error:
+    except AttributeError as error:
         names = {type(inner).__name__ for _, inner in layer.named_layers()}
-        match = re.fullmatch(r"(\w+)\.backward was called before forward \(no \w+ yet\)", str(error))
+        match = re.fullmatch(r"'(\w+)' object has no attribute '\w*cache' yet: backward was called before forward",
+                             str(error))
         assert match and match[1] in names, f"{cls.__name__}: {error}"
         return
     expected = reference.backward(dout)
@@ -286,10 +289,13 @@ def test_loss_misuse(name, arg, dtype):
 def test_the_message_names_the_class_and_other_attributes_stay_attribute_errors():
     import copy
 
-    with pytest.raises(RuntimeError, match=r"^Linear\.backward was called before forward \(no cache yet\)$"):
+    with pytest.raises(AttributeError, match=r"^'Linear' object has no attribute 'cache' yet: backward was called "
+                                             r"before forward$"):
         layers.Linear(2, 3).backward(torch.ones(4, 3))
-    with pytest.raises(RuntimeError, match=r"^MoE\.backward was called before forward \(no dispatch_cache yet\)$"):
+    with pytest.raises(AttributeError, match=r"^'MoE' object has no attribute 'dispatch_cache' yet: backward was "
+                                             r"called before forward$"):
         _moe().backward(torch.ones(6, 3))
+    assert getattr(layers.Linear(2, 3), "cache", None) is None      # getattr's default still works
     layer = layers.Linear(2, 3)
     assert layer.process_local is False and getattr(layer, "anything", 7) == 7
     with pytest.raises(AttributeError, match="'Linear' object has no attribute 'nothing'"):

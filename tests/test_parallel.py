@@ -385,3 +385,27 @@ def test_fit_data_parallel_resumes_bit_identically_from_its_epoch_checkpoint(tmp
         assert steps_taken == 8, f"rank {rank}: the resumed run took {steps_taken} steps, not the last 2 epochs' 8"
         assert t == straight[rank][2] == 12 and step_loss == straight[rank][1]
         assert_tensors_equal(params, straight[rank][0], f"rank {rank}: parameters, resumed vs straight")
+
+
+def test_fit_data_parallel_refuses_a_checkpoint_fit_wrote_mid_epoch(tmp_path):
+    """fit_data_parallel resumes where an epoch ends; a file fit saved mid-epoch (checkpoint_every)
+    has the same settings but a place inside an epoch, which it would silently ignore."""
+    from neuroforge_lit.checkpoint import CheckpointError
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(60, 8, generator=g), torch.randint(0, 3, (60,), generator=g)
+    model = mlp([8, 12, 3], generator=torch.Generator().manual_seed(0))
+
+    def crash(step):
+        if step == 6:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(model, AdamW(0.01), x, y, epochs=3, batch_size=16, seed=2, checkpoint=tmp_path / "run.ckpt",
+            checkpoint_every=5, on_step=crash, log=None)
+    fresh = mlp([8, 12, 3], generator=torch.Generator().manual_seed(1))
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(CheckpointError, match="written in the middle of epoch 2"):
+        parallel.fit_data_parallel(fresh, AdamW(0.01), x, y, epochs=3, batch_size=16, seed=2,
+                                   checkpoint=tmp_path / "run.ckpt", resume=True)
+    assert_tensors_equal(fresh.parameters(), before, "parameters after the refused resume")

@@ -159,8 +159,11 @@ def _without_seconds(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history.epochs]
 
 
-@pytest.mark.parametrize("stop_at,every", [(11, 4), (6, None), (13, 5)], ids=["mid-epoch", "epoch-end", "late"])
-def test_fit_resumes_bit_identically_after_a_crash(tmp_path, stop_at, every):
+# 100 examples in batches of 24: 5 steps per epoch. (stop, every, where the last checkpoint was written)
+@pytest.mark.parametrize("stop_at,every,resumed_at", [(9, 4, "epoch 2, step 8"), (6, None, "epoch 2, step 5"),
+                                                      (13, 3, "epoch 3, step 12")],
+                         ids=["mid-epoch", "epoch-end", "mid-epoch-3"])
+def test_fit_resumes_bit_identically_after_a_crash(tmp_path, stop_at, every, resumed_at):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     straight_model, straight_optimizer, straight = _resumable_run(tmp_path / "a")
@@ -169,7 +172,7 @@ def test_fit_resumes_bit_identically_after_a_crash(tmp_path, stop_at, every):
     messages = []
     model, optimizer, resumed = _resumable_run(tmp_path / "b", checkpoint_every=every, resume=True,
                                                log=messages.append)
-    assert messages[0].startswith("resuming from") and "step 0" not in messages[0]
+    assert messages[0].startswith("resuming from") and messages[0].endswith(resumed_at), messages[0]
     assert_tensors_equal(model.parameters(), straight_model.parameters(), "parameters, resumed vs straight")
     assert_tensors_equal(model.state_dict()["generators"], straight_model.state_dict()["generators"], "generators")
     assert optimizer.t == straight_optimizer.t and optimizer.lr == straight_optimizer.lr
@@ -191,3 +194,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_and_starts_fresh_without_
     with pytest.raises(ValueError, match="resume=True needs checkpoint="):
         fit(fresh_model, GradientDescent(0.1), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long),
             epochs=1, batch_size=2, resume=True, log=None)
+    for bad in (0, 2.5, True, -1):
+        with pytest.raises(ValueError, match=f"checkpoint_every must be a positive int, got {bad!r}"):
+            fit(fresh_model, GradientDescent(0.1), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long),
+                epochs=1, batch_size=2, checkpoint=tmp_path / "x.ckpt", checkpoint_every=bad, log=None)
