@@ -32,7 +32,9 @@ NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "_build", "build", "dist", 
 
 
 def run(argv, *, cwd, timeout, env=None):
-    """argv in its own process group, killed with everything it started when it overruns."""
+    """argv in its own process group, killed with everything it started when it overruns. (A twin of
+    test_documentation.run, kept apart on purpose: this one keeps stderr apart for the messages below,
+    and the builds and installs start no children that outlive them, so it needs no final sweep.)"""
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
