@@ -7,6 +7,8 @@ examples on every run and keeps no example database, so a failure found once can
 --hypothesis-profile=random) draws new examples each run and replays the failures it saved."""
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,23 @@ def assert_tensors_equal(actual, expected, what: str) -> None:
                                  f"expected {tuple(b.shape)} {b.dtype}")
         gap = (a.double() - b.double()).abs().nan_to_num(float("inf")).max().item()
         raise AssertionError(f"{what}, entry {key!r} differs: largest difference {gap:.3e} (expected bit-identical)")
+
+
+def run_in_own_group(argv, *, cwd, timeout, env=None, merge_stderr=False) -> subprocess.CompletedProcess:
+    """argv in its own process group, killed with everything it started (torchrun's workers, the
+    launcher's processes, a chapter's kernel) when it overruns or the test is interrupted, and swept
+    for anything it left running when it ends. merge_stderr: stderr into stdout, in order."""
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                               stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        raise
+    finally:
+        try:                                   # anything it left running in its group
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)

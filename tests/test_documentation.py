@@ -19,13 +19,13 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import run_in_own_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "CONTRIBUTING.md")
@@ -154,22 +154,9 @@ def documented_commands() -> dict[str, str]:
 
 
 def run(argv, *, cwd, env, timeout):
-    """argv in its own process group, killed with everything it started (torchrun's workers, the
-    launcher's processes, a chapter's kernel) when it overruns or the test is interrupted."""
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
-        raise
-    finally:
-        try:                                   # anything it left running in its group
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return process.returncode, out
+    """(exit status, stdout and stderr in order) of argv, in its own process group (conftest)."""
+    done = run_in_own_group(argv, cwd=cwd, env=env, timeout=timeout, merge_stderr=True)
+    return done.returncode, done.stdout
 
 
 def environment(**extra) -> dict[str, str]:

@@ -10,8 +10,6 @@ import ast
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tarfile
 import tomllib
@@ -21,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+from conftest import run_in_own_group
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "neuroforge_lit"
@@ -32,18 +32,8 @@ NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "_build", "build", "dist", 
 
 
 def run(argv, *, cwd, timeout, env=None):
-    """argv in its own process group, killed with everything it started when it overruns. (A twin of
-    test_documentation.run, kept apart on purpose: this one keeps stderr apart for the messages below,
-    and the builds and installs start no children that outlive them, so it needs no final sweep.)"""
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
-        raise
-    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+    """argv in its own process group (conftest), stdout and stderr apart for the messages below."""
+    return run_in_own_group(argv, cwd=cwd, timeout=timeout, env=env)
 
 
 def check(done, what):
