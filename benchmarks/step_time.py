@@ -324,6 +324,18 @@ def ratio(timing: dict, name: str, baseline: str) -> float:
     return statistics.median(t[name] / t[baseline] for t in timing["rounds"])
 
 
+def spread(timing: dict, name: str, baseline: str) -> list[float]:
+    """The smallest and the largest of the rounds' own ratios time(name) / time(baseline)."""
+    ratios = [t[name] / t[baseline] for t in timing["rounds"]]
+    return [min(ratios), max(ratios)]
+
+
+def with_spread(row: dict, column: str) -> str:
+    """A ratio as the table prints it: the median, then the rounds' range, "0.83 (0.78-0.91)"."""
+    low, high = row["spread"][column]
+    return f"{row[column]:.2f} ({low:.2f}-{high:.2f})"
+
+
 def model_row(name: str, batch: int, device: str, steps: int, blocks: int, compiled: bool = True) -> dict:
     """One row of the table: times per step and the ratios the appendix reports."""
     timing = time_group(MODELS[name](batch, device, compiled), device, steps, blocks)
@@ -334,6 +346,8 @@ def model_row(name: str, batch: int, device: str, steps: int, blocks: int, compi
         row.update({"compiled/eager": ratio(timing, "compiled", "eager"),
                     "reference/compiled": ratio(timing, "reference", "compiled"),
                     "fast/compiled": ratio(timing, "fast", "compiled")})
+    row["spread"] = {column: spread(timing, *column.split("/")) for column in list(row)
+                     if "/" in column}
     return row
 
 
@@ -361,13 +375,14 @@ def main() -> None:
     args = parser.parse_args()
 
     columns = ["reference/eager", "fast/eager"] + (["compiled/eager", "fast/compiled"] if args.compiled else [])
-    print(f"{'model':<16}{'batch':>6}" + "".join(f"{c:>17}" for c in columns), flush=True)
+    print("each ratio: the median of the rounds' own ratios, then the smallest and largest of them")
+    print(f"{'model':<16}{'batch':>6}" + "".join(f"{c:>19}" for c in columns), flush=True)
     rows = []
     for name in args.models:
         for batch in args.batches:
             row = model_row(name, batch, args.device, args.steps, args.blocks, args.compiled)
             rows.append(row)
-            print(f"{name:<16}{batch:>6}" + "".join(f"{row[c]:>17.2f}" for c in columns), flush=True)
+            print(f"{name:<16}{batch:>6}" + "".join(f"{with_spread(row, c):>19}" for c in columns), flush=True)
     update = update_row(args.device, args.steps, args.blocks)
     floor = floor_row(128, args.device, args.steps, args.blocks)
     rows += [update, floor]

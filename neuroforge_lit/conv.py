@@ -99,18 +99,18 @@ def maxpool2d_forward(x: torch.Tensor, kernel: int = 2, stride: int | None = Non
     _check_pool(x, kernel, stride)
     N, C, H, W = x.shape
     h_out, w_out = conv_output_size(H, kernel, stride, 0), conv_output_size(W, kernel, stride, 0)
-    cols = im2col(x.reshape(N * C, 1, H, W), kernel, stride, 0)                # (N C, K K, L)
-    y, winner = cols.max(dim=1)                                                # (eq-pool-forward)
+    cols = im2col(x, kernel, stride, 0).reshape(N, C, kernel * kernel, -1)     # (N, C, K K, L)
+    y, winner = cols.max(dim=2)                                                # (eq-pool-forward)
     return y.reshape(N, C, h_out, w_out), (winner, x.shape, kernel, stride)
 
 
 def maxpool2d_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     """Each window's gradient goes to the pixel that won it; overlapping windows add up."""
     winner, (N, C, H, W), kernel, stride = cache
-    dcols = dout.new_zeros(N * C, kernel * kernel, winner.shape[1])            # (N C, K K, L)
-    dcols.scatter_(1, winner[:, None], dout.reshape(N * C, 1, -1))             # (eq-pool-backward)
-    dx = col2im(dcols, (H, W), kernel, stride, 0)                              # (eq-pool-backward)
-    return dx.reshape(N, C, H, W)
+    dcols = dout.new_zeros(N, C, kernel * kernel, winner.shape[2])             # (N, C, K K, L)
+    dcols.scatter_(2, winner[:, :, None], dout.reshape(N, C, 1, -1))           # (eq-pool-backward)
+    dx = col2im(dcols.reshape(N, C * kernel * kernel, -1), (H, W), kernel, stride, 0)   # (eq-pool-backward)
+    return dx
 
 
 # book/11_convolutions.md, section "Layers, and a small convolutional network"

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 import warnings
+from neuroforge_lit.attention import MultiHeadAttention, _check_tokens
 from neuroforge_lit.conv import Conv2d, MaxPool2d, _check_conv, _check_pool
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential, _check_linear
 from neuroforge_lit.losses import _as_float32_if_16bit, _check_logits_labels
@@ -33,6 +34,7 @@ __all__ = [
     "conv2d_backward_fast",
     "FastConv2d",
     "FastMaxPool2d",
+    "FastMultiHeadAttention",
     "FAST_LAYERS",
     "speed_up",
     "sgd_step_fused",
@@ -219,9 +221,43 @@ class FastMaxPool2d(MaxPool2d):
         return dx.reshape(N, C, H, W)
 
 
-# book/10_performance.md, section "Convolution and max pooling: the backward pass on the forward kernels"
+# book/10_performance.md, section "Attention: fewer passes over the scores, fewer copies of the heads"
+class FastMultiHeadAttention(MultiHeadAttention):
+    """MultiHeadAttention with one copy into the heads' layout and one out of it, each way: q, k, v
+    in one (3, B, H, T, d) block, torch.softmax, dq, dk, dv written into one block. Same parameters."""
+
+    def forward(self, x):
+        _check_tokens(x, self.d_model, "MultiHeadAttention")
+        B, T, D = x.shape
+        H, d = self.n_heads, D // self.n_heads
+        qkv = self.qkv.forward(x.reshape(B * T, D))                            # (eq-att-qkv)
+        q, k, v = qkv.reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4).contiguous()   # 3 x (B, H, T, d)
+        S = torch.matmul(q, k.transpose(-2, -1)).mul_(1 / math.sqrt(d))        # (eq-att-scores)
+        P = torch.softmax(S, -1)                                               # (eq-att-softmax)
+        heads = P @ v                                                          # (eq-att-out)
+        self.cache = (q, k, v, P)
+        side_by_side = heads.transpose(1, 2).reshape(B * T, D)
+        return self.out.forward(side_by_side).reshape(B, T, D)                 # (eq-att-mha)
+
+    def backward(self, dout, input_grad=True):
+        B, T, D = dout.shape
+        H, d = self.n_heads, D // self.n_heads
+        q, k, v, P = self.cache
+        dside = self.out.backward(dout.reshape(B * T, D))                      # (eq-att-mha)
+        dheads = dside.reshape(B, T, H, d).transpose(1, 2).contiguous()       # (B, H, T, d)
+        dqkv = dout.new_empty(3, B, H, T, d)                                   # dq, dk, dv in one block
+        torch.matmul(P.transpose(-2, -1), dheads, out=dqkv[2])                 # (eq-att-dv)
+        PdP = (dheads @ v.transpose(-2, -1)).mul_(P)                           # (eq-att-dv), times P
+        dS = PdP.addcmul_(P, PdP.sum(-1, keepdim=True), value=-1)              # (eq-att-dsoftmax)
+        torch.matmul(dS, k, out=dqkv[0]).mul_(1 / math.sqrt(d))                # (eq-att-dq)
+        torch.matmul(dS.transpose(-2, -1), q, out=dqkv[1]).mul_(1 / math.sqrt(d))   # (eq-att-dq)
+        dx = self.qkv.backward(dqkv.permute(1, 3, 0, 2, 4).reshape(B * T, 3 * D), input_grad)   # (eq-att-qkv)
+        return dx.reshape(B, T, D) if input_grad else None
+
+
+# book/10_performance.md, section "Attention: fewer passes over the scores, fewer copies of the heads"
 FAST_LAYERS = {Linear: FastLinear, ReLU: FastReLU, BatchNorm1d: FastBatchNorm1d, LayerNorm: FastLayerNorm,
-               Conv2d: FastConv2d, MaxPool2d: FastMaxPool2d}
+               Conv2d: FastConv2d, MaxPool2d: FastMaxPool2d, MultiHeadAttention: FastMultiHeadAttention}
 
 
 def speed_up(model: Layer) -> Layer:

@@ -140,7 +140,7 @@ WHY_NO_ROW = {
         "FastLinear", "FastBatchNorm1d", "FastLayerNorm", "normalize_forward_fast", "layernorm_forward_fast",
         "softmax_cross_entropy_fast", "speed_up", "sgd_step_fused", "ForeachAdam", "ForeachAdamW",
         "FusedAdamW", "adamw_elementwise", "read_idx", "default_dataset", "search_dirs",
-        "FastConv2d", "FastMaxPool2d"],
+        "FastConv2d", "FastMaxPool2d", "FastMultiHeadAttention"],
     "a map from dtype to dtype: every torch.dtype is a valid input": ["statistics_dtype"],
     "data, not code (a named tuple, a table, a constant, an exception)": [
         "NormCache", "GatingCache", "History", "Position", "FAST_LAYERS", "SMALL_GAIN", "DataError"],

@@ -47,3 +47,25 @@ def test_ratio_is_the_median_of_the_rounds_ratios(monkeypatch):
 def test_the_order_rotates_from_round_to_round(monkeypatch):
     _, timed = _time(monkeypatch, {"a": [1] * 4, "b": [1] * 4, "c": [1] * 4})
     assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+
+
+def test_spread_is_the_range_of_the_rounds_ratios(monkeypatch):
+    # Per-round ratios fast/eager: 0.8, 0.5, 0.9 -> median 0.8, spread 0.5 to 0.9, printed as such.
+    costs = {"fast": [8, 5, 9], "eager": [10, 10, 10]}
+    timing, _ = _time(monkeypatch, costs)
+    assert step_time.spread(timing, "fast", "eager") == [0.5, 0.9]
+    row = {"fast/eager": step_time.ratio(timing, "fast", "eager"),
+           "spread": {"fast/eager": step_time.spread(timing, "fast", "eager")}}
+    assert step_time.with_spread(row, "fast/eager") == "0.80 (0.50-0.90)"
+
+
+def test_every_ratio_of_a_row_has_its_spread(monkeypatch):
+    costs = {side: [1.0, 2.0, 3.0] for side in ("reference", "fast", "eager")}
+    clock = FakeClock(costs)
+    monkeypatch.setattr(step_time.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setitem(step_time.MODELS, "fake", lambda batch, device, compiled: {
+        side: clock.step(side) for side in costs})
+    row = step_time.model_row("fake", 8, "cpu", steps=1, blocks=3, compiled=False)
+    ratios = [column for column in row if "/" in column]
+    assert ratios and set(row["spread"]) == set(ratios)
+    assert all(low <= row[column] <= high for column, (low, high) in row["spread"].items())

@@ -1,6 +1,7 @@
 """book/10_performance.md: every fast variant against the reference it replaces, in float64 to
 1e-12 relative: the fast layers and loss (alone and through speed_up), the in-place norm
-backwards, the convolution and max pooling on PyTorch's forward kernels, sgd_step_fused (the
+backwards, the convolution and max pooling on PyTorch's forward kernels, the attention with one
+copy into the heads' layout and one out each way, sgd_step_fused (the
 update folded into the backward pass) and FusedAdamW's compiling. The optimizers' agreement with
 torch.optim, resume and NaN policy run with the references' in test_optim.py."""
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from neuroforge_lit import fast
+from neuroforge_lit.attention import MultiHeadAttention, vision_transformer
 from neuroforge_lit.conv import Conv2d, MaxPool2d, Reshape, conv2d_backward, conv2d_forward, convnet
 from neuroforge_lit.dropout import Dropout
-from neuroforge_lit.fast import (FastBatchNorm1d, FastConv2d, FastLayerNorm, FastLinear, FastMaxPool2d, FastReLU,
+from neuroforge_lit.fast import (FastBatchNorm1d, FastConv2d, FastLayerNorm, FastLinear, FastMaxPool2d,
+                                 FastMultiHeadAttention, FastReLU,
                                  FusedAdamW, batchnorm_backward_fast, conv2d_backward_fast, layernorm_backward_fast,
                                  sgd_step_fused, softmax_cross_entropy_fast, speed_up)
 from neuroforge_lit.layers import Linear, ReLU, Sequential
@@ -389,3 +392,44 @@ def test_sgd_step_fused_on_the_fast_convnet():
     x, y = torch.rand(8, 64, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
     model = convnet((2, 3), hidden=8, classes=5, padding=2, image=(1, 8, 8), generator=g, dtype=torch.float64)
     _assert_one_fused_step_matches_plain(speed_up(model), x, y)
+
+
+# --- FastMultiHeadAttention: one pass for the softmax, one copy into the heads' layout and one out ---
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("B,T,D,H", [(5, 7, 12, 3), (1, 1, 4, 1), (3, 16, 8, 8)])
+def test_fast_attention_matches_the_reference(B, T, D, H, input_grad):
+    g = torch.Generator().manual_seed(8)
+    reference = MultiHeadAttention(D, H, generator=g, dtype=torch.float64)
+    faster = speed_up(copy.deepcopy(reference))
+    assert type(faster) is FastMultiHeadAttention
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    dout = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    for step in range(2):                          # the second step runs on the first one's buffers
+        outs = [layer.forward(x) for layer in (reference, faster)]
+        dxs = [layer.backward(dout, input_grad) for layer in (reference, faster)]
+        assert faster.cache[3].shape == reference.cache[3].shape == (B, H, T, T)
+        assert_parity([outs[1], faster.cache[3], *faster.gradients()],
+                      [outs[0], reference.cache[3], *reference.gradients()], f"FastMultiHeadAttention, step {step}")
+        if input_grad:
+            assert_parity([dxs[1]], [dxs[0]], "FastMultiHeadAttention dx")
+        else:
+            assert dxs[1] is None
+        x = x + 0.1 * dout
+
+
+def test_speed_up_trains_the_transformer_like_the_reference():
+    g = torch.Generator().manual_seed(9)
+    reference = vision_transformer(16, 2, 2, 24, image=(1, 8, 8), patch=4, classes=5, generator=g,
+                                   dtype=torch.float64)
+    faster = speed_up(copy.deepcopy(reference))
+    kinds = {type(layer).__name__ for _, layer in faster.named_layers()}
+    assert {"FastMultiHeadAttention", "FastLayerNorm", "FastLinear"} <= kinds and "MultiHeadAttention" not in kinds
+    x, y = torch.rand(6, 64, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g)
+    for step in range(3):
+        outs = [model.forward(x) for model in (reference, faster)]
+        for model, out in zip((reference, faster), outs):
+            model.backward(softmax_cross_entropy(out, y)[1], input_grad=False)
+        assert_parity([outs[1], *faster.gradients()], [outs[0], *reference.gradients()], f"transformer, step {step}")
+        for model in (reference, faster):
+            GradientDescent(0.1).step(model.parameters(), model.gradients())

@@ -165,6 +165,7 @@ COVERED_BY = {
     "layernorm_forward_fast": "FastLayerNorm", "layernorm_backward_fast": "FastLayerNorm",
     "adamw_elementwise": "FusedAdamW",
     "FastConv2d": "speed_up", "FastMaxPool2d": "speed_up", "conv2d_backward_fast": "FastConv2d",
+    "FastMultiHeadAttention": "speed_up",
 }
 
 

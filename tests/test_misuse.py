@@ -6,9 +6,9 @@ public loss (a name with "entropy", ending in "_loss" or starting with "bce_"). 
 recipe below (how to build it and what to feed it); test_every_row_has_a_recipe fails for a new
 layer, forward function or loss that has none, so none can be forgotten.
 
-Counts (`pytest tests/test_misuse.py -k counts -s` prints them): 171 cells in all.
-  layers, 24 rows: backward before forward (24), backward twice (24), a float64 / uint8 / int64
-      batch into a float32 layer (16 layers with parameters x 3 = 48; the 8 without have no dtype): 96
+Counts (`pytest tests/test_misuse.py -k counts -s` prints them): 176 cells in all.
+  layers, 25 rows: backward before forward (25), backward twice (25), a float64 / uint8 / int64
+      batch into a float32 layer (17 layers with parameters x 3 = 51; the 8 without have no dtype): 101
   forward functions, 19 rows: None for a parameter (23 parameters of 12 functions), a float64 /
       uint8 / int64 x (12 x 3 = 36; the other 7 take no parameters): 59
   losses, 5 rows: int64 / uint8 logits (6 logits arguments x 2 = 12), float labels (4; bce_with_logits
@@ -83,6 +83,7 @@ LAYER_RECIPES = {
     fast.FastBatchNorm1d: lambda: (fast.FastBatchNorm1d(4), r(5, 4)),
     fast.FastLayerNorm: lambda: (fast.FastLayerNorm(4), r(5, 4)),
     fast.FastConv2d: lambda: (fast.FastConv2d(2, 3, 3, padding=1, generator=g()), r(2, 2, 5, 5)),
+    fast.FastMultiHeadAttention: lambda: (fast.FastMultiHeadAttention(8, 2, generator=g()), r(2, 3, 8)),
     fast.FastMaxPool2d: lambda: (fast.FastMaxPool2d(2), r(2, 2, 4, 4)),
 }
 
