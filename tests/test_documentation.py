@@ -66,6 +66,9 @@ COMMANDS = {
     # README.md, "The two commands"
     "make book": f"{CI} (it executes every chapter, far too long for the test suite)",
     "make test": f"{CI}; this file is part of the suite it runs, so it cannot run itself",
+    # CONTRIBUTING.md, "Commits"
+    "make lint": f"`make test` runs it first (a prerequisite), so {CI}; its commit-message step is "
+                 "tests/test_check_commits.py::test_this_checkout_keeps_the_rule",
     # CONTRIBUTING.md, the property tests
     "HYPOTHESIS_PROFILE=random make test": "`make test` with the opt-in profile: CI runs `make test` with the "
                                            "default one; tests/test_properties.py::"
