@@ -41,8 +41,9 @@ tangle: setup                    ## book -> neuroforge_lit/ (the generated modul
 check: setup                     ## fail if the committed package differs from the book
 	$(BOOKTOOLS) tangle --check
 
-lint: setup                      ## ruff, and the commit messages (tools/check_commits.py)
+lint: setup                      ## ruff (and its import order in the package), the commit messages
 	$(BIN)/ruff check neuroforge_lit tests benchmarks tools book/_ext
+	$(BIN)/ruff check --select I neuroforge_lit
 	$(BIN)/python tools/check_commits.py
 
 test: check lint                 ## the tangle check, lint, the test suite, and that it ran every export

@@ -8,7 +8,10 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import math
+from typing import NamedTuple
+
 import torch
+
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
 from neuroforge_lit.logistic import _check_params
 from neuroforge_lit.losses import softmax
@@ -17,6 +20,7 @@ from neuroforge_lit.norm import LayerNorm
 __all__ = [
     "SMALL_GAIN",
     "softmax_backward",
+    "AttentionCache",
     "attention_forward",
     "attention_backward",
     "MultiHeadAttention",
@@ -46,14 +50,23 @@ def softmax_backward(dP: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     return P * (dP - (dP * P).sum(-1, keepdim=True))                            # (eq-att-dsoftmax)
 
 
+class AttentionCache(NamedTuple):
+    """What attention_backward needs: the inputs and the softmax weights P (..., T, T)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    P: torch.Tensor
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """softmax(q k^T / sqrt(d)) v: q, k, v (..., T, d) -> out (..., T, d), cache."""
+    """softmax(q k^T / sqrt(d)) v: q, k, v (..., T, d) -> out (..., T, d), AttentionCache."""
     _check_qkv(q, k, v)
     scale = 1 / math.sqrt(q.shape[-1])
     S = q @ k.transpose(-2, -1) * scale                                        # (eq-att-scores)
     P = softmax(S)                                                             # (eq-att-softmax)
     out = P @ v                                                                # (eq-att-out)
-    return out, (q, k, v, P)
+    return out, AttentionCache(q, k, v, P)
 
 
 def attention_backward(dout: torch.Tensor, cache):

@@ -192,7 +192,7 @@ def load_fit_position(path, model, optimizer, generator: torch.Generator, run: d
     Position to continue from; None (a fresh start, said through `log`) if there is no such file.
     A checkpoint of a run with other settings, or (mid_epoch=False) one written in the middle of
     an epoch, is refused before anything changes."""
-    from neuroforge_lit.training import History, Position     # training imports this module
+    from neuroforge_lit.training import History, Position  # training imports this module
 
     if path is None:
         raise ValueError("resume=True needs checkpoint=<file> to resume from")

@@ -8,8 +8,10 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import math
+
 import torch
 import torch.nn.functional as F
+
 from neuroforge_lit.layers import Layer
 from neuroforge_lit.logistic import _check_params
 

@@ -32,11 +32,11 @@ book build refuses a page trained that way.
 from __future__ import annotations
 
 import gzip
-import zlib
 import hashlib
 import os
 import struct
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,6 +8,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import torch
+
 from neuroforge_lit.losses import log_softmax, softmax_cross_entropy
 
 __all__ = [

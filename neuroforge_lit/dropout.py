@@ -8,6 +8,7 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import torch
+
 from neuroforge_lit.layers import Layer
 
 __all__ = [

@@ -9,17 +9,25 @@ its equations, in the chapter(s) below; the comment above each block names its s
 
 import functools
 import math
+import warnings
+
 import torch
 import torch.nn.functional as F
-import warnings
-from neuroforge_lit.attention import MultiHeadAttention, _check_tokens
+
+from neuroforge_lit.attention import AttentionCache, MultiHeadAttention, _check_tokens
 from neuroforge_lit.conv import Conv2d, MaxPool2d, _check_conv, _check_pool
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential, _check_linear
 from neuroforge_lit.losses import _as_float32_if_16bit, _check_logits_labels
-from neuroforge_lit.norm import BatchNorm1d, LayerNorm, NormCache, _check_affine, _check_batchnorm, running_stats_update
-from neuroforge_lit.norm import statistics_dtype
-from neuroforge_lit.optim import Adam, AdamW
-from neuroforge_lit.optim import GradientDescent
+from neuroforge_lit.norm import (
+    BatchNorm1d,
+    LayerNorm,
+    NormCache,
+    _check_affine,
+    _check_batchnorm,
+    running_stats_update,
+    statistics_dtype,
+)
+from neuroforge_lit.optim import Adam, AdamW, GradientDescent
 
 __all__ = [
     "FastLinear",
@@ -235,7 +243,7 @@ class FastMultiHeadAttention(MultiHeadAttention):
         S = torch.matmul(q, k.transpose(-2, -1)).mul_(1 / math.sqrt(d))        # (eq-att-scores)
         P = torch.softmax(S, -1)                                               # (eq-att-softmax)
         heads = P @ v                                                          # (eq-att-out)
-        self.cache = (q, k, v, P)
+        self.cache = AttentionCache(q, k, v, P)
         side_by_side = heads.transpose(1, 2).reshape(B * T, D)
         return self.out.forward(side_by_side).reshape(B, T, D)                 # (eq-att-mha)
 

@@ -8,8 +8,10 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import math
-import torch
 from contextlib import contextmanager
+
+import torch
+
 from neuroforge_lit.logistic import _check_params
 
 __all__ = [

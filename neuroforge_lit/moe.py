@@ -8,8 +8,10 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import math
-import torch
 from typing import NamedTuple
+
+import torch
+
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
 from neuroforge_lit.logistic import _check_params
 from neuroforge_lit.losses import softmax

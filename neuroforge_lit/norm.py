@@ -7,8 +7,10 @@ its equations, in the chapter(s) below; the comment above each block names its s
   book/03_normalization.md -> 03_normalization.html
 """
 
-import torch
 from typing import NamedTuple
+
+import torch
+
 from neuroforge_lit.layers import Layer, Linear, ReLU, Sequential
 from neuroforge_lit.logistic import _check_params
 

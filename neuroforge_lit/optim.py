@@ -10,8 +10,9 @@ its equations, in the chapter(s) below; the comment above each block names its s
 """
 
 import math
-import torch
 import weakref
+
+import torch
 
 __all__ = [
     "check_gradients",

@@ -14,26 +14,24 @@ import signal
 import socket
 import sys
 import time
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from collections import Counter
 from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 from neuroforge_lit.checkpoint import load_fit_position, save_fit_position
 from neuroforge_lit.data import load_mnist
-from neuroforge_lit.layers import Layer
-from neuroforge_lit.layers import mlp
+from neuroforge_lit.layers import Layer, mlp
 from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.moe import MoE, cv_squared, noisy_top_k_gating_backward, noisy_top_k_gating_forward
-from neuroforge_lit.norm import BatchNorm1d, NormCache, _check_affine, running_stats_update
-from neuroforge_lit.norm import normalized_mlp
-from neuroforge_lit.optim import AdamW
-from neuroforge_lit.optim import GradientDescent
+from neuroforge_lit.norm import BatchNorm1d, NormCache, _check_affine, normalized_mlp, running_stats_update
+from neuroforge_lit.optim import AdamW, GradientDescent
 from neuroforge_lit.testing import parity_gap
-from neuroforge_lit.training import History, Position, batch_bounds
-from neuroforge_lit.training import cosine_lr, evaluate
+from neuroforge_lit.training import History, Position, batch_bounds, cosine_lr, evaluate
 
 __all__ = [
     "world",

@@ -9,7 +9,9 @@ its equations, in the chapter(s) below; the comment above each block names its s
 
 import hashlib
 import math
+
 import torch
+
 from neuroforge_lit.layers import Linear, Sequential, mlp
 from neuroforge_lit.losses import cross_entropy, softmax, softmax_cross_entropy
 from neuroforge_lit.training import evaluate, fit

@@ -15,8 +15,8 @@ to each input is exactly what a backward pass returns.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import math
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["rel_error", "abs_error", "parity_gap", "autograd_grads", "numerical_grads", "finite_differences",
-           "gradient_check", "mutants", "GradientReport", "GradientRow", "FiniteDifference", "NumericalComparison"]
+           "gradient_check", "model_gradient_check", "mutants", "GradientReport", "GradientRow", "FiniteDifference",
+           "NumericalComparison"]
 
 # Autograd and a correct hand-written backward agree to rounding (~1e-15 relative), so a row passes
 # against autograd when its relative or its absolute error is below these (an absolute error because
@@ -402,6 +403,64 @@ def gradient_check(f, inputs: Mapping[str, torch.Tensor], hand: Mapping[str, tor
         report.rows.append(_row(k, tuple(hand[k].shape), rel_error(hand[k], auto[k]), abs_error(hand[k], auto[k]),
                                 rel_n, abs_n, numerical=comparison))
     return report
+
+
+def model_gradient_check(model, x: torch.Tensor, loss: Callable | None = None, *, dout: torch.Tensor | None = None,
+                         forward: Callable | None = None, extra_loss: Callable | None = None,
+                         input_grad: bool = True, skip=(), numerical: bool = True, h: float | None = None,
+                         name: str = "") -> GradientReport:
+    """Check a whole model's (or layer's) ``backward`` against autograd and finite differences: every
+    parameter, named by its ``named_parameters`` path, and the input ``x`` (unless ``input_grad`` is
+    False, when ``backward`` must return None).
+
+    The objective is ``loss(out)[0]``, where ``loss(out) -> (L, dL/dout)`` (``lambda out:
+    softmax_cross_entropy(out, y)``), or, given ``dout`` instead, ``sum(out * dout)``; plus
+    ``extra_loss(model)`` where given (an auxiliary loss whose gradient ``backward`` adds, as the
+    MoE's ``aux_loss``). ``forward(model, x)`` runs the forward pass (default ``model.forward(x)``;
+    e.g. ``lambda m, x: m.forward(x, noise=noise)`` to fix a random draw: the oracle runs the forward
+    pass many times and needs the same function each time). ``skip``: parameter paths left out of
+    the comparison (one with no effect in the model's mode). Float64 and small shapes, as for
+    ``gradient_check``.
+
+    The hand side is one forward and one backward pass. For the oracle, copies of the parameters go
+    into the layers' ``params`` so that autograd can follow them; afterwards the original tensors and
+    buffers go back and a last forward pass leaves the caches as the hand side left them, also when
+    the oracle fails.
+    """
+    if (loss is None) == (dout is None):
+        raise ValueError("model_gradient_check needs exactly one of loss (out -> (L, dL/dout)) and dout")
+    run = forward if forward is not None else (lambda m, inputs: m.forward(inputs))
+    slots = [(path + key, layer, key) for path, layer in model.named_layers() for key in layer.params]
+    start = {path: layer.params[key] for path, layer, key in slots}
+    unknown = set(skip) - set(start)
+    if unknown or "x" in start:
+        raise ValueError(f"skip names no parameter of the model: {sorted(unknown)}; the model's are {list(start)}"
+                         if unknown else "a parameter path 'x' would shadow the input x")
+
+    def objective(x, **params):
+        for path, layer, key in slots:
+            layer.params[key] = params[path]
+        out = run(model, x)
+        value = loss(out)[0] if loss is not None else (out * dout).sum()
+        return value + extra_loss(model) if extra_loss is not None else value
+
+    out = run(model, x)
+    dx = model.backward(loss(out)[1] if loss is not None else dout, input_grad=input_grad)
+    if not input_grad and dx is not None:
+        raise AssertionError(f"{name or type(model).__name__}: backward(..., input_grad=False) returned a "
+                             f"gradient; it must return None")
+    grads = dict(zip(start, [g.clone() for g in model.gradients()]))   # fast layers reuse their buffers
+    buffers = [(layer, key, value.clone()) for _, layer in model.named_layers() for key, value in layer.buffers.items()]
+    hand = {**({"x": dx} if input_grad else {}), **{p: g for p, g in grads.items() if p not in set(skip)}}
+    try:
+        return gradient_check(objective, {"x": x, **start}, hand, numerical=numerical, h=h, name=name)
+    finally:
+        for path, layer, key in slots:
+            layer.params[key] = start[path]
+        with torch.no_grad():
+            run(model, x)                                    # the caches of the original parameters
+        for layer, key, value in buffers:
+            layer.buffers[key] = value
 
 
 # ---- Mutation: do the checks catch a wrong derivation? ---------------------------------------------

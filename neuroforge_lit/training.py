@@ -9,9 +9,11 @@ its equations, in the chapter(s) below; the comment above each block names its s
 
 import math
 import time
-import torch
 from dataclasses import dataclass, field
+
+import torch
 from tqdm import tqdm
+
 from neuroforge_lit.checkpoint import load_fit_position, save_fit_position
 from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
 

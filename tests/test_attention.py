@@ -11,10 +11,10 @@ from neuroforge_lit.attention import (MeanOverTokens, MultiHeadAttention, Patche
                                       TransformerBlock, attention_backward, attention_forward, softmax_backward,
                                       vision_transformer)
 from neuroforge_lit.layers import Linear
-from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
+from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.moe import MoE
 from neuroforge_lit.optim import Adam
-from neuroforge_lit.testing import gradient_check
+from neuroforge_lit.testing import gradient_check, model_gradient_check
 from neuroforge_lit.training import evaluate, fit
 
 
@@ -37,22 +37,8 @@ def test_softmax_backward_is_the_jacobian_product(gen):
 
 
 def _layer_check(layer, x, name):
-    out = layer.forward(x)
-    dout = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    dx = layer.backward(dout)
-    slots = [(lay, n) for _, lay in layer.named_layers() for n in lay.params]
-    start = {"x": x, **{f"p{i}": lay.params[n] for i, (lay, n) in enumerate(slots)}}
-
-    def f(x, **params):
-        for (lay, n), value in zip(slots, params.values()):
-            lay.params[n] = value
-        return layer.forward(x)
-
-    hand = {"x": dx, **dict(zip(list(start)[1:], [g.clone() for g in layer.gradients()]))}
-    report = gradient_check(f, start, hand, dout=dout, name=name)
-    for (lay, n), value in zip(slots, list(start.values())[1:]):
-        lay.params[n] = value
-    report.assert_ok()
+    dout = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    model_gradient_check(layer, x, dout=dout, name=name).assert_ok()
 
 
 def test_multi_head_attention_and_block_gradients(gen):
@@ -106,23 +92,12 @@ def test_whole_model_with_moe_feed_forward_checks_against_autograd(gen):
         if isinstance(layer, MoE):               # and in eval the load is a count (no gradient): weight 0
             layer.params["W_g"] = f64(8, 3, gen=gen)
     x, y = f64(4, 64, gen=gen), torch.tensor([0, 1, 2, 3])
-    _, dz = softmax_cross_entropy(model.forward(x), y)
-    model.backward(dz)
-    slots = [(layer, n) for _, layer in model.named_layers() for n in layer.params]
-    start = {f"p{i}": layer.params[n] for i, (layer, n) in enumerate(slots)}
-    trained = [i for i, (layer, n) in enumerate(slots) if n != "W_noise"]       # W_noise has no effect in eval
-
-    def loss(**params):
-        for (layer, n), value in zip(slots, params.values()):
-            layer.params[n] = value
-        return cross_entropy(model.forward(x), y) + sum(m.aux_loss for _, m in model.named_layers()
-                                                         if isinstance(m, MoE))
-
-    grads = [g.clone() for g in model.gradients()]
-    report = gradient_check(loss, start, {f"p{i}": grads[i] for i in trained}, h=1e-5)
-    for (layer, n), value in zip(slots, start.values()):
-        layer.params[n] = value
+    report = model_gradient_check(
+        model, x, lambda out: softmax_cross_entropy(out, y), input_grad=False, h=1e-5,
+        extra_loss=lambda m: sum(layer.aux_loss for _, layer in m.named_layers() if isinstance(layer, MoE)),
+        skip=[path for path, _ in model.named_parameters() if path.endswith("W_noise")])   # no effect in eval
     report.assert_ok()
+    assert len(report.rows) == len(model.parameters()) - 1
 
 
 def test_a_small_transformer_learns_where_the_bright_patch_is():

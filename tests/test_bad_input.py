@@ -143,7 +143,8 @@ WHY_NO_ROW = {
         "FastConv2d", "FastMaxPool2d", "FastMultiHeadAttention"],
     "a map from dtype to dtype: every torch.dtype is a valid input": ["statistics_dtype"],
     "data, not code (a named tuple, a table, a constant, an exception)": [
-        "NormCache", "GatingCache", "History", "Position", "FAST_LAYERS", "SMALL_GAIN", "DataError"],
+        "NormCache", "GatingCache", "AttentionCache", "History", "Position", "FAST_LAYERS", "SMALL_GAIN",
+        "DataError"],
     "tested with every optimizer in tests/test_joints.py (one tensor passed twice)": ["check_distinct"],
     "chapter 8's recipe checks: they take models and data that the layers above validate": [
         "image_hashes", "exact_duplicates", "duplicates_between", "bit_identical", "loss_at_init",

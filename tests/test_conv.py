@@ -9,9 +9,9 @@ from conftest import assert_tensors_equal, f64
 
 from neuroforge_lit.conv import (Conv2d, MaxPool2d, Reshape, col2im, conv2d_backward, conv2d_forward,
                                  conv_output_size, convnet, im2col, maxpool2d_backward, maxpool2d_forward)
-from neuroforge_lit.losses import cross_entropy, softmax_cross_entropy
+from neuroforge_lit.losses import softmax_cross_entropy
 from neuroforge_lit.optim import Adam
-from neuroforge_lit.testing import gradient_check
+from neuroforge_lit.testing import gradient_check, model_gradient_check
 from neuroforge_lit.training import evaluate, fit
 
 
@@ -88,22 +88,9 @@ def test_convnet_backward_checks_against_autograd(gen):
     net = convnet(channels=(2, 3), hidden=6, padding=2, image=(1, 8, 8), generator=torch.Generator().manual_seed(1),
                   dtype=torch.float64)
     x, y = f64(4, 64, gen=gen), torch.tensor([0, 3, 9, 3])
-    _, dz = softmax_cross_entropy(net.forward(x), y)
-    net.backward(dz)
-    slots = [(layer, name) for _, layer in net.named_layers() for name in layer.params]
-    start = {f"p{i}": layer.params[name] for i, (layer, name) in enumerate(slots)}
-
-    def loss(**params):
-        for (layer, name), value in zip(slots, params.values()):
-            layer.params[name] = value
-        return cross_entropy(net.forward(x), y)
-
-    hand = dict(zip(start, [g.clone() for g in net.gradients()]))
-    report = gradient_check(loss, start, hand, h=1e-5)
-    for (layer, name), value in zip(slots, start.values()):
-        layer.params[name] = value
+    report = model_gradient_check(net, x, lambda out: softmax_cross_entropy(out, y), h=1e-5)
     report.assert_ok()
-    assert len(report.rows) == 8
+    assert len(report.rows) == 9                       # the input and 8 parameters
 
 
 def test_convnet_learns_a_small_problem():

@@ -408,9 +408,9 @@ def test_fast_attention_matches_the_reference(B, T, D, H, input_grad):
     for step in range(2):                          # the second step runs on the first one's buffers
         outs = [layer.forward(x) for layer in (reference, faster)]
         dxs = [layer.backward(dout, input_grad) for layer in (reference, faster)]
-        assert faster.cache[3].shape == reference.cache[3].shape == (B, H, T, T)
-        assert_parity([outs[1], faster.cache[3], *faster.gradients()],
-                      [outs[0], reference.cache[3], *reference.gradients()], f"FastMultiHeadAttention, step {step}")
+        assert faster.cache.P.shape == reference.cache.P.shape == (B, H, T, T)
+        assert_parity([outs[1], faster.cache.P, *faster.gradients()],
+                      [outs[0], reference.cache.P, *reference.gradients()], f"FastMultiHeadAttention, step {step}")
         if input_grad:
             assert_parity([dxs[1]], [dxs[0]], "FastMultiHeadAttention dx")
         else:

@@ -10,7 +10,7 @@ from conftest import f64
 from neuroforge_lit.moe import (MoE, cv_squared, moe_dispatch_backward, moe_dispatch_forward,
                                 noisy_top_k_gating_backward, noisy_top_k_gating_forward,
                                 softmax_gating_backward, softmax_gating_forward)
-from neuroforge_lit.testing import gradient_check
+from neuroforge_lit.testing import gradient_check, model_gradient_check
 
 
 # --- the reference, ported line by line from tensor2tensor to torch (autograd does the backward) --
@@ -143,20 +143,8 @@ def test_layer_gradients_every_path(gen):
     layer = MoE(D, 2, E, 2, 3, w_importance=0.5, w_load=0.9, generator=gen, dtype=torch.float64)
     layer.params = {"W_g": f64(D, E, gen=gen), "W_noise": 0.5 * f64(D, E, gen=gen)}
     x, noise, dy = f64(5, D, gen=gen), f64(5, E, gen=gen), f64(5, 2, gen=gen)
-    layer.forward(x, noise=noise)
-    dx = layer.backward(dy)
-    names = [n.replace(".", "_") for n, _ in layer.named_parameters()]
-
-    def objective(x, **params):
-        clone = MoE(D, 2, E, 2, 3, w_importance=0.5, w_load=0.9, dtype=torch.float64)
-        clone.params = {"W_g": params["W_g"], "W_noise": params["W_noise"]}
-        for i, expert in enumerate(clone.experts):
-            for j, sub in enumerate(expert.layers):
-                sub.params = {n: params[f"expert{i}_{j}_{n}"] for n in sub.params}
-        return (clone.forward(x, noise=noise) * dy).sum() + clone.aux_loss
-
-    gradient_check(objective, dict(x=x, **dict(zip(names, layer.parameters()))),
-                   dict(x=dx, **dict(zip(names, layer.gradients())))).assert_ok()
+    model_gradient_check(layer, x, dout=dy, forward=lambda m, x: m.forward(x, noise=noise),
+                         extra_loss=lambda m: m.aux_loss, name="MoE.backward").assert_ok()
 
 
 def test_without_input_grad_same_parameter_gradients_and_no_dx(gen):

@@ -327,3 +327,22 @@ def test_a_main_guard_may_stand_above_definitions_it_does_not_need(tmp_path):
     run = subprocess.run([sys.executable, "-m", "neuroforge_lit.alpha"], cwd=root, capture_output=True,
                          text=True, timeout=60)
     assert run.stdout == "helped\n", run.stderr
+
+
+def test_the_import_block_is_merged_grouped_and_sorted_as_ruff_writes_it():
+    from booktools.tangle import _import_block
+
+    block = _import_block(["import torch", "from neuroforge_lit.norm import statistics_dtype", "import math",
+                           "from neuroforge_lit.norm import BatchNorm1d", "import torch.nn.functional as F",
+                           "from neuroforge_lit.layers import Layer"], "example")
+    assert block == ("import math\n\nimport torch\nimport torch.nn.functional as F\n\n"
+                     "from neuroforge_lit.layers import Layer\n"
+                     "from neuroforge_lit.norm import BatchNorm1d, statistics_dtype\n")
+
+
+def test_without_ruff_the_tangle_says_so(monkeypatch):
+    from booktools import tangle
+
+    monkeypatch.setattr(tangle.sys, "executable", "/nonexistent/python")
+    with pytest.raises(tangle.TangleError, match=r"neuroforge_lit/example.py: could not run ruff"):
+        tangle._import_block(["import math"], "example")

@@ -8,9 +8,11 @@ A code cell of a chapter is exported when its first line (after any ``:tags:``-s
     #| export neuroforge_lit.<module>
 
 Generated modules are written in ``_toc.yml`` order, then cell order; their top-level imports are
-collected, de-duplicated and sorted at the top; each block carries its provenance, the chapter
-and the section it comes from (``# book/02_mlp.md, section "The linear layer"``), which prose edits do not
-change. The output is a pure function of the chapters' text: same bytes on every machine.
+collected at the top and written as ruff's import rule (``I``, which ``make lint`` applies to the
+package) writes them: in sections, merged, sorted (``_import_block``, ruff run with fixed
+settings); each block carries its provenance, the chapter and the section it comes from
+(``# book/02_mlp.md, section "The linear layer"``), which prose edits do not change. The output is a
+pure function of the chapters' text (and of ruff's import rule): same bytes on every machine.
 
 Everything is parsed, not grepped: chapters with markdown-it (the parser under MyST), code with
 ``ast``/``symtable``/``tokenize``. Every problem is a ``TangleError`` that starts with
@@ -264,9 +266,27 @@ def _split_cell(cell: Cell, tree: ast.Module):
     return imports, rest, names
 
 
-def _import_sort_key(stmt: str) -> tuple:
-    own = PACKAGE in stmt.split()[1]
-    return (stmt.startswith("from __future__") is False, own, stmt.startswith("from"), stmt)
+# ruff's import rule with settings fixed here, not read from the folder it runs in, so that the
+# tangle writes the same bytes wherever it runs (the book's pyproject.toml sets the same line length).
+RUFF_IMPORTS = ["--isolated", "--no-cache", "--line-length", "120", "--select", "I", "--fix",
+                "--config", f'lint.isort.known-first-party = ["{PACKAGE}"]']
+
+
+def _import_block(imports: list[str], module: str) -> str:
+    """The import statements as one block the way ruff's import rule writes it: standard library,
+    third-party and the package in sections, one statement per module, names sorted."""
+    try:
+        run = subprocess.run([sys.executable, "-m", "ruff", "check", *RUFF_IMPORTS, "--stdin-filename",
+                              f"{module}.py", "-"], input="\n".join(imports) + "\n", capture_output=True,
+                             text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise TangleError(f"{PACKAGE}/{module}.py: ruff took over 120 s to sort its imports") from None
+    except OSError as error:
+        raise TangleError(f"{PACKAGE}/{module}.py: could not run ruff to sort its imports: {error}") from None
+    if run.returncode != 0 or not run.stdout.strip():
+        raise TangleError(f"{PACKAGE}/{module}.py: ruff could not sort its imports (exit {run.returncode}); "
+                          f"is it installed (make setup)? {run.stderr.strip()[-500:]}")
+    return run.stdout
 
 
 def _undefined_globals(text: str) -> list[tuple[str, int]]:
@@ -395,7 +415,7 @@ def _render_module(root: Path, mod: Module, seen: dict[str, str]) -> None:
     ]
     text = "\n".join(head) + "\n\n"
     if imports:
-        text += "\n".join(sorted(imports, key=_import_sort_key)) + "\n"
+        text += _import_block(imports, mod.name)
     text += "\n__all__ = [\n" + "".join(f'    "{n}",\n' for n in public) + "]\n"
     line_map: dict[int, tuple[str, int]] = {}
     for cell, rest in blocks:
