@@ -1,5 +1,6 @@
 """The tangler (tools/booktools): output, determinism, --check, and every error a contributor can make."""
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -265,10 +266,34 @@ def test_provenance_survives_a_prose_edit(tmp_path):
     root = make_book(tmp_path, GOOD)
     T.tangle(root)
     chapter = root / "book" / "a.md"
-    chapter.write_text(chapter.read_text().replace("# Chapter A\n", "# Chapter A\n\nA new sentence.\nAnd one more.\n"))
+    chapter.write_text(chapter.read_text().replace("(eq-a-double)\n\n", "(eq-a-double)\n\nA new sentence.\n"
+                                                   "And one more.\n\n", 1))
     assert T.check(root) == ""
     chapter.write_text(chapter.read_text().replace("# Chapter A\n", "# Chapter A, renamed\n"))
     assert 'section "Chapter A, renamed"' in T.check(root)
+
+
+def test_the_module_docstring_is_the_opening_of_its_main_chapter(tmp_path):
+    """The docstring starts with the first paragraph of the chapter that gives the module most of
+    its code (LaTeX and all: a raw string); editing that paragraph is a change of the package."""
+    opening = "Doubling, by hand: $y = 2\\,x$ is the\nwhole story."
+    root = make_book(tmp_path, {**GOOD, "a": GOOD["a"].replace("# Chapter A\n\n", f"# Chapter A\n\n{opening}\n\n")})
+    T.tangle(root)
+    module = (root / "neuroforge_lit" / "alpha.py").read_text()
+    assert 'r"""neuroforge_lit.alpha: generated from the book by `make tangle`.\n\n' + opening + "\n" in module
+    assert ast.get_docstring(ast.parse(module)).splitlines()[2:4] == opening.splitlines()
+    chapter = root / "book" / "a.md"
+    chapter.write_text(chapter.read_text().replace("whole story.", "whole story, told twice."))
+    assert "whole story, told twice." in T.check(root)
+
+
+def test_a_module_whose_chapter_exports_others_too_names_its_sections(tmp_path):
+    """Two modules from one chapter would repeat its opening; each names its own sections instead."""
+    second = "\n## Halving\n\n" + cell("#| export neuroforge_lit.gamma\n\ndef half(x):\n    return x / 2")
+    root = make_book(tmp_path, {**GOOD, "a": GOOD["a"] + second})
+    T.tangle(root)
+    gamma = ast.get_docstring(ast.parse((root / "neuroforge_lit" / "gamma.py").read_text()))
+    assert 'Its code comes from the section "Halving".' in gamma and "y = 2x" not in gamma
 
 
 def test_an_equation_of_an_earlier_chapter_may_be_cited(tmp_path):

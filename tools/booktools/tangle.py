@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import symtable
+import textwrap
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,6 +331,18 @@ def _chapter_title(root: Path, chapter: str) -> str:
     return chapter
 
 
+def _chapter_opening(root: Path, chapter: str) -> list[str]:
+    """The chapter's first paragraph after its title, line by line as written (what it is about)."""
+    lines = (root / chapter).read_text(encoding="utf-8").splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), len(lines))
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].strip() and not lines[end].startswith(("#", "```", ":::")):
+        end += 1
+    return [line.rstrip() for line in lines[start:end]]
+
+
 def declared_modules(root: Path) -> tuple[str, ...] | None:
     """The names in ``GENERATED_MODULES`` of the package's ``__init__.py`` (None if it has none)."""
     init = root / PACKAGE / "__init__.py"
@@ -381,11 +394,13 @@ def render(root: Path) -> dict[str, Module]:
             mod.cells.append(cell)
     _check_declared(root, modules)
     for mod in modules.values():
-        _render_module(root, mod, seen)
+        _render_module(root, mod, seen, shared={c for c in mod.chapters
+                                                 if sum(c in other.chapters for other in modules.values()) > 1})
     return modules
 
 
-def _render_module(root: Path, mod: Module, seen: dict[str, str]) -> None:
+def _render_module(root: Path, mod: Module, seen: dict[str, str], shared: set[str] = frozenset()) -> None:
+    """Render one module's text. ``shared``: its chapters that export to other modules too."""
     imports: list[str] = []
     blocks: list[tuple[Cell, str]] = []
     public: list[str] = []
@@ -403,14 +418,36 @@ def _render_module(root: Path, mod: Module, seen: dict[str, str]) -> None:
         if rest:
             blocks.append((cell, rest))
     sources = ", ".join(mod.chapters)
-    head = [
-        f"{GENERATED_MARK} from {sources}. DO NOT EDIT.",
-        "# Edit the chapter and run `make tangle`; `make check` fails while package and book differ.",
-        f'"""{PACKAGE}.{mod.name}, generated from the book. Every function here is derived, with',
-        "its equations, in the chapter(s) below; the comment above each block names its section.",
+    # What the module is about: the opening paragraph of the chapter that gives it most of its code,
+    # where that chapter exports to this module alone; else the sections its code comes from.
+    main_chapter = max(mod.chapters, key=lambda c: sum(len(cell.code.splitlines()) for cell in mod.cells
+                                                       if cell.chapter == c))
+    if main_chapter in shared:
+        sections = list(dict.fromkeys(cell.section for cell in mod.cells))
+        about = textwrap.wrap(f"Its code comes from the section{'s' if len(sections) > 1 else ''} "
+                              + ", ".join(f'"{name}"' for name in sections) + ".", width=100)
+    else:
+        about = _chapter_opening(root, main_chapter)
+    docstring = [
+        f"{PACKAGE}.{mod.name}: generated from the book by `make tangle`.",
+        "",
+        *about,
+        *([""] if about else []),
+        "Every definition below is derived, with its equations, in the chapter(s) it comes from; the",
+        "comment above each block names the chapter and the section:",
         "",
         *(line for c in mod.chapters
           for line in (f'* "{_chapter_title(root, c)}"', f"  {c} -> {Path(c).stem}.html")),
+    ]
+    quote = 'r"""' if "\\" in "".join(docstring) else '"""'            # LaTeX in the opening: a raw string
+    if '"""' in "".join(docstring):
+        raise TangleError(f"{main_chapter}: the chapter's opening paragraph contains three double quotes, "
+                          "which cannot go into the module's docstring")
+    head = [
+        f"{GENERATED_MARK} from {sources}. DO NOT EDIT.",
+        "# Edit the chapter and run `make tangle`; `make check` fails while package and book differ.",
+        quote + docstring[0],
+        *docstring[1:],
         '"""',
     ]
     text = "\n".join(head) + "\n\n"
