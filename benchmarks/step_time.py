@@ -319,14 +319,19 @@ def time_group(steps_by_name: dict, device: str, steps: int, blocks: int) -> dic
     return {"median": {n: statistics.median(t[n] for t in rounds) for n in names}, "rounds": rounds}
 
 
+def round_ratios(timing: dict, name: str, baseline: str) -> list[float]:
+    """time(name) / time(baseline) within each round."""
+    return [t[name] / t[baseline] for t in timing["rounds"]]
+
+
 def ratio(timing: dict, name: str, baseline: str) -> float:
     """The median over rounds of time(name) / time(baseline) within the round."""
-    return statistics.median(t[name] / t[baseline] for t in timing["rounds"])
+    return statistics.median(round_ratios(timing, name, baseline))
 
 
 def spread(timing: dict, name: str, baseline: str) -> list[float]:
     """The smallest and the largest of the rounds' own ratios time(name) / time(baseline)."""
-    ratios = [t[name] / t[baseline] for t in timing["rounds"]]
+    ratios = round_ratios(timing, name, baseline)
     return [min(ratios), max(ratios)]
 
 

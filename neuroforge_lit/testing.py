@@ -432,10 +432,12 @@ def model_gradient_check(model, x: torch.Tensor, loss: Callable | None = None, *
     run = forward if forward is not None else (lambda m, inputs: m.forward(inputs))
     slots = [(path + key, layer, key) for path, layer in model.named_layers() for key in layer.params]
     start = {path: layer.params[key] for path, layer, key in slots}
-    unknown = set(skip) - set(start)
-    if unknown or "x" in start:
-        raise ValueError(f"skip names no parameter of the model: {sorted(unknown)}; the model's are {list(start)}"
-                         if unknown else "a parameter path 'x' would shadow the input x")
+    skip = set(skip)
+    if skip - set(start):
+        raise ValueError(f"skip names no parameter of the model: {sorted(skip - set(start))}; "
+                         f"the model's are {list(start)}")
+    if "x" in start:
+        raise ValueError("a parameter path 'x' would shadow the input x")
 
     def objective(x, **params):
         for path, layer, key in slots:
@@ -451,7 +453,7 @@ def model_gradient_check(model, x: torch.Tensor, loss: Callable | None = None, *
                              f"gradient; it must return None")
     grads = dict(zip(start, [g.clone() for g in model.gradients()]))   # fast layers reuse their buffers
     buffers = [(layer, key, value.clone()) for _, layer in model.named_layers() for key, value in layer.buffers.items()]
-    hand = {**({"x": dx} if input_grad else {}), **{p: g for p, g in grads.items() if p not in set(skip)}}
+    hand = {**({"x": dx} if input_grad else {}), **{p: g for p, g in grads.items() if p not in skip}}
     try:
         return gradient_check(objective, {"x": x, **start}, hand, numerical=numerical, h=h, name=name)
     finally:

@@ -6,9 +6,9 @@ range to check others, e.g. your branch:
     python tools/check_commits.py origin/main..HEAD
 
 Merge commits are left out (their message is written by the tool that merges). Outside a git
-checkout (an unpacked source archive: no .git in the working directory or above it) there are no commits to check, and
-it says so; a checkout that git cannot read (git missing, a "dubious ownership" refusal) fails.
-A shallow clone checks what it has, and says that it is shallow."""
+checkout (an unpacked source archive: no .git in the working directory or above it) there are no
+commits to check, and it says so; a checkout that git cannot read (git missing, a "dubious
+ownership" refusal) fails. A shallow clone checks what it has, and says that it is shallow."""
 
 from __future__ import annotations
 
