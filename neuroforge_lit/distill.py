@@ -12,7 +12,7 @@ hardly like a 7") carry most of what it knows about how digits resemble one anot
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "Knowledge distillation"
+* "6. Knowledge distillation"
   book/06_distillation.md -> 06_distillation.html
 """
 

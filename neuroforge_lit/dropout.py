@@ -12,7 +12,7 @@ of the exponentially many thinned ones.
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "Dropout, and scaling the model up"
+* "5. Dropout, and scaling the model up"
   book/05_dropout.md -> 05_dropout.html
 """
 

@@ -506,7 +506,7 @@ _EXERCISES = [
         mistakes={"Phi(x) alone (the product rule's second term is missing)":
                   lambda dout, x: (dout * moe.normal_cdf(x),)}),
     Exercise(
-        "11.1", "11_convolutions", "Max pooling's backward pass",
+        "10.1", "10_convolutions", "Max pooling's backward pass",
         "maxpool_backward(dout, x) -> (dx,)",
         "x (N, C, H, W) with H and W even went through 2 x 2 max pooling with stride 2; given dout "
         "(N, C, H/2, W/2), return dx: each window's gradient goes to its largest entry (eq-pool-backward).",
@@ -523,7 +523,7 @@ _EXERCISES = [
                   "the gradient goes to the smallest entry of each window":
                   lambda dout, x: (-_maxpool_backward(dout, -x)[0],)}),
     Exercise(
-        "11.2", "11_convolutions", "A convolution's weight and bias gradients",
+        "10.2", "10_convolutions", "A convolution's weight and bias gradients",
         "conv2d_param_grads(dout, x, W) -> (dW, db)",
         "y = conv2d(x, W, b) with stride 1 and no padding, x (N, C, H, W), W (C_out, C, K, K); given dout "
         "(N, C_out, H - K + 1, W - K + 1), return dW and db (eq-conv-dw, eq-conv-db).",
@@ -536,7 +536,7 @@ _EXERCISES = [
                   "the filter is flipped (a true convolution instead of a correlation)": lambda dout, x, W: (
                       _conv2d_param_grads(dout, x, W)[0].flip(2, 3), _conv2d_param_grads(dout, x, W)[1])}),
     Exercise(
-        "12.1", "12_attention", "The softmax's backward pass, row by row",
+        "11.1", "11_attention", "The softmax's backward pass, row by row",
         "softmax_backward(dP, S) -> (dS,)",
         "P = softmax(S) over the last axis of S (..., T, T); given dP, return dS without forming a "
         "Jacobian (eq-att-dsoftmax).",
@@ -549,7 +549,7 @@ _EXERCISES = [
                   "the mean subtracted from dP is not weighted by P": lambda dP, S: (
                       torch.softmax(S, -1) * (dP - dP.mean(-1, keepdim=True)),)}),
     Exercise(
-        "12.2", "12_attention", "Scaled dot-product attention's backward pass",
+        "11.2", "11_attention", "Scaled dot-product attention's backward pass",
         "attention_backward(dout, q, k, v) -> (dq, dk, dv)",
         "out = softmax(q k^T / sqrt(d)) v for q, k, v (..., T, d): given dout, return dq, dk, dv "
         "(eq-att-dv, eq-att-dsoftmax, eq-att-dq).",

@@ -10,7 +10,7 @@ function, a loss, and the chain rule run backwards. Our question: **is this hand
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "Logistic regression: one neuron, one derivative"
+* "1. Logistic regression: one neuron, one derivative"
   book/01_logistic_regression.md -> 01_logistic_regression.html
 """
 

@@ -7,7 +7,7 @@ Its code comes from the section "Softmax and cross-entropy, fused".
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "The multilayer perceptron, by hand"
+* "2. The multilayer perceptron, by hand"
   book/02_mlp.md -> 02_mlp.html
 """
 

@@ -12,7 +12,7 @@ training collapses onto a few favourite experts.
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "The sparsely-gated mixture of experts"
+* "7. The sparsely-gated mixture of experts"
   book/07_mixture_of_experts.md -> 07_mixture_of_experts.html
 """
 

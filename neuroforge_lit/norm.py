@@ -14,7 +14,7 @@ training and test time.
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "Batch normalization and layer normalization"
+* "3. Batch normalization and layer normalization"
   book/03_normalization.md -> 03_normalization.html
 """
 

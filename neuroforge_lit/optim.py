@@ -8,9 +8,9 @@ momentum", "Adam", "AdamW: decoupled weight decay".
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "The multilayer perceptron, by hand"
+* "2. The multilayer perceptron, by hand"
   book/02_mlp.md -> 02_mlp.html
-* "Optimizers: momentum, Adam and AdamW"
+* "4. Optimizers: momentum, Adam and AdamW"
   book/04_optimizers.md -> 04_optimizers.html
 """
 

@@ -11,7 +11,7 @@ its backward pass derived and written by hand.
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "Training across processes"
+* "9. Training across processes"
   book/09_parallel.md -> 09_parallel.html
 """
 
@@ -587,7 +587,7 @@ class ExpertParallelMoE(Layer):
         return dx_experts + dx_gate if input_grad else None
 
 
-# book/09_parallel.md, section "Checking it against chapter 7's layer"
+# book/09_parallel.md, section "Checking it against the single-process MoE"
 def check_expert_parallel(seed: int = 0, k: int = 2, n_experts: int = 6, unused: int = 1,
                           n: int = 11) -> dict[str, float]:
     """The expert-parallel MoE on this process's shard against chapter 7's MoE on the whole batch

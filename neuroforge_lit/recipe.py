@@ -12,7 +12,7 @@ package's layers.
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
 
-* "A recipe for training neural networks, executed"
+* "8. A recipe for training neural networks, executed"
   book/08_recipe.md -> 08_recipe.html
 """
 

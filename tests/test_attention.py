@@ -1,4 +1,4 @@
-"""Attention and the transformer block (book/12_attention.md): gradients of every piece against
+"""Attention and the transformer block (book/11_attention.md): gradients of every piece against
 autograd and finite differences, agreement with torch's attention, the residual and tokenwise
 plumbing, the MoE as feed-forward layer, and clear errors for bad shapes."""
 

@@ -1,4 +1,4 @@
-"""Convolutions and max pooling (book/11_convolutions.md): gradients against autograd and finite
+"""Convolutions and max pooling (book/10_convolutions.md): gradients against autograd and finite
 differences for many strides and paddings, agreement with torch's own layers, the routing of the
 pooling gradient, the layers in the Layer protocol, and clear errors for bad shapes."""
 

@@ -1,4 +1,4 @@
-"""book/10_performance.md: every fast variant against the reference it replaces, in float64 to
+"""book/performance.md: every fast variant against the reference it replaces, in float64 to
 1e-12 relative: the fast layers and loss (alone and through speed_up), the in-place norm
 backwards, the convolution and max pooling on PyTorch's forward kernels, the attention with one
 copy into the heads' layout and one out each way, sgd_step_fused (the

@@ -18,6 +18,13 @@ to its equation, on whichever page it is; under every labelled equation that exp
 implements, a line links back to the definitions that cite it (their exported cells carry anchors
 ``nf-def-<name>``).
 
+**Chapter numbers that cannot drift.** A chapter's file name starts with its number (``03_...``),
+its title too (``# 3. ...``), and ``_toc.yml`` lists the numbered chapters in that order; the
+build stops, naming the file, where one of the three disagrees. The prose cites chapters by file,
+not by typed number: ``{chapter}`03_normalization``` renders as a link "chapter 3", ``{chapnum}``
+as the bare number, as in "chapters 2 and 4" (role names ignore case, so there is no ``{Chapter}``:
+a sentence does not start with one).
+
 **Which package ran this page.** Every page's footer names the package version and commit,
 torch and the device that executed the book, and the build date (``neuroforge_lit.about``), so a
 reader can compare it with ``python -m neuroforge_lit --version``.
@@ -58,9 +65,10 @@ from sphinx import addnodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
 from booktools.execute import fingerprint_cell  # noqa: E402
-from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, is_notebook  # noqa: E402
+from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, is_notebook, toc_chapters  # noqa: E402
 from neuroforge_lit.quick import MARKER, is_quick_run  # noqa: E402
 
+NUMBERED_CHAPTER = re.compile(r"book/(\d\d)_[a-z0-9_]+")                    # book/03_normalization
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
 MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equation-eq-[a-z0-9-]+)">.*?</div>)',
                         re.DOTALL)
@@ -159,6 +167,39 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree) -> N
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
 
 
+def _check_chapter_numbers(app) -> None:
+    """File number, title number and reading order agree, for every numbered chapter."""
+    root = Path(app.srcdir)
+    numbered = [c for c in toc_chapters(root) if NUMBERED_CHAPTER.fullmatch(str(Path(c).with_suffix("")))]
+    for place, chapter in enumerate(numbered, 1):
+        number = int(Path(chapter).name[:2])
+        if number != place:
+            raise RuntimeError(f"_toc.yml: {chapter} is chapter {place} in reading order but its file says {number}; "
+                               "rename the files so that their numbers follow _toc.yml")
+        lines = (root / chapter).read_text(encoding="utf-8").splitlines()
+        line, title = next(((i, text) for i, text in enumerate(lines, 1) if text.startswith("# ")), (1, ""))
+        if not title.startswith(f"# {number}. "):
+            raise RuntimeError(f"{chapter}:{line}: the title {title!r} should start with '# {number}. ' "
+                               "(the chapter's number, as its file name says)")
+
+
+def _chapter_role(form: str):
+    """{chapter}`03_normalization` -> a link "chapter 3"; `form` is "chapter" or "" (the bare number)."""
+    def role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        env = inliner.document.settings.env
+        stem = text.strip()
+        if not (NUMBERED_CHAPTER.fullmatch(f"book/{stem}") and (Path(env.srcdir) / "book" / f"{stem}.md").exists()):
+            message = inliner.reporter.error(f"{{{name}}}`{stem}` names no chapter file book/{stem}.md "
+                                             "(write the file's stem, as in {chapter}`03_normalization`)", line=lineno)
+            return [inliner.problematic(rawtext, rawtext, message)], [message]
+        label = f"{form} {int(stem[:2])}".strip()
+        ref = addnodes.pending_xref(rawtext, refdomain="std", reftype="doc", reftarget=f"/book/{stem}",
+                                    refexplicit=True, refwarn=True, refdoc=env.docname)
+        ref += nodes.inline(rawtext, label)
+        return [ref], []
+    return role
+
+
 def _record_provenance(app) -> None:
     from neuroforge_lit.about import about     # the package the chapters import: installed -e here
 
@@ -255,6 +296,9 @@ def setup(app):
     app.connect("env-merge-info", _merge_implementers)
     app.connect("html-page-context", _link_equations_and_code)
     app.connect("builder-inited", _record_provenance)
+    app.connect("builder-inited", _check_chapter_numbers)
+    app.add_role("chapter", _chapter_role("chapter"))
+    app.add_role("chapnum", _chapter_role(""))
     app.connect("html-page-context", _provenance_footer)
     app.connect("html-page-context", _default_colour_mode, priority=900)
     app.connect("build-finished", _drop_repeated_inline_scripts)
