@@ -2,7 +2,8 @@
 # Edit the chapter and run `make tangle`; `make check` fails while package and book differ.
 """neuroforge_lit.layers: generated from the book by `make tangle`.
 
-Its code comes from the sections "Forward, with shapes", "ReLU", "Layers that remember".
+Its code comes from the sections "Forward, with shapes", "The linear layer", "ReLU", "Layers that
+remember".
 
 Every definition below is derived, with its equations, in the chapter(s) it comes from; the
 comment above each block names the chapter and the section:
@@ -52,7 +53,7 @@ def relu_forward(x: torch.Tensor):
     return out, out
 
 
-# book/02_mlp.md, section "ReLU"
+# book/02_mlp.md, section "The linear layer"
 def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True):
     """Gradients of an affine map: dout (N, D_out) -> dx (N, D_in), dW (D_in, D_out), db (D_out,).
 
@@ -65,6 +66,7 @@ def linear_backward(dout: torch.Tensor, cache, input_grad: bool = True):
     return dx, dW, db
 
 
+# book/02_mlp.md, section "ReLU"
 def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
     """Gradient of ReLU: dout where the output was positive, 0 elsewhere."""
     out = cache
