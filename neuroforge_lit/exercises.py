@@ -115,7 +115,8 @@ class CheckResult:
         colour = "#1a7f37" if self.passed else "#b42318"
         mark = "&#10003; passed" if self.passed else "&#10007; not yet"
         return (f'<div style="border-left: 4px solid {colour}; padding: 0.3em 0.8em">'
-                f'<b>exercise {escape(self.exercise)}: <span style="color: {colour}">{mark}</span></b>'
+                f'<b>exercise {escape(self.exercise)}: <span class="nf-verdict-{"pass" if self.passed else "fail"}" '
+                f'style="color: {colour}">{mark}</span></b>'
                 f"<br>{escape(self.diagnosis)}</div>")
 
 

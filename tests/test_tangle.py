@@ -371,3 +371,28 @@ def test_without_ruff_the_tangle_says_so(monkeypatch):
     monkeypatch.setattr(tangle.sys, "executable", "/nonexistent/python")
     with pytest.raises(tangle.TangleError, match=r"neuroforge_lit/example.py: could not run ruff"):
         tangle._import_block(["import math"], "example")
+
+
+@pytest.mark.parametrize("typed, line", [
+    ("One step took 12.5 ms on this machine.", 4),
+    ("It trains in\nabout 84 s here.", 5),
+    ("The network reaches 0.9924 on the test set.", 4),
+    ("Errors fell to 1.5% of the test set.", 4),
+    ("Across two seeds one step took 12 ms.", 4),                 # random seeds are ours: no source
+])
+def test_a_measured_looking_figure_typed_into_the_prose_is_refused(typed, line, tmp_path):
+    root = make_book(tmp_path, {"a": "# A\n\n" + typed + "\n"})      # HEADER is 5 lines, "# A" is line 6
+    with pytest.raises(T.TangleError, match=rf"^book/a\.md:{line + 4}: '.+' looks like a measured figure typed"):
+        T.tangle(root)
+
+
+@pytest.mark.parametrize("prose", [
+    "One step took {glue:text}`step_ms:.1f` ms.",                        # glued: measured by the build
+    "The seed notebook reached 0.9794 after 30 epochs.",                 # a figure the paragraph sources
+    "| model | the paper's time |\n|---|---|\n| teacher | 3 hours |",   # a table that names its source
+    "Use a 5% warm-up and a threshold of 0.2%; `time.sleep(1.5 s)` and $t = 3 s$ are not prose.",
+    "Some 3s and 8s are hard to read.",                                  # digits, not seconds
+])
+def test_figures_with_a_source_or_no_measurement_pass(prose, tmp_path):
+    root = make_book(tmp_path, {"a": "# A\n\n" + prose + "\n"})
+    T.tangle(root)

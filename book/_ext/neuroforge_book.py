@@ -25,6 +25,11 @@ not by typed number: ``{chapter}`03_normalization``` renders as a link "chapter 
 as the bare number, as in "chapters 2 and 4" (role names ignore case, so there is no ``{Chapter}``:
 a sentence does not start with one).
 
+**Code that wraps readably.** Code and text outputs wrap at the column's edge instead of
+scrolling sideways. Each line of a highlighted block becomes a ``span.nf-line`` that carries its
+own indentation (``--nf-indent``), so a wrapped line continues under its first character plus a
+hanging indent (``neuroforge.css``), and an equation citation, ``(eq-...)``, never splits.
+
 **Which package ran this page.** Every page's footer names the package version and commit,
 torch and the device that executed the book, and the build date (``neuroforge_lit.about``), so a
 reader can compare it with ``python -m neuroforge_lit --version``.
@@ -54,22 +59,27 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import sys
 from datetime import datetime, timezone
-from html import escape
+from html import escape, unescape
 from pathlib import Path
 
+import nbformat
 from docutils import nodes
+from jupyter_cache import get_cache
 from sphinx import addnodes
+from sphinx.util import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # the book tooling
-from booktools.execute import fingerprint_cell  # noqa: E402
+from booktools.execute import FINGERPRINT_HEADER, fingerprint_cell  # noqa: E402
 from booktools.tangle import DIRECTIVE, EQ_CITATION, MODULE_NAME, is_notebook, toc_chapters  # noqa: E402
 from neuroforge_lit.quick import MARKER, is_quick_run  # noqa: E402
 
 NUMBERED_CHAPTER = re.compile(r"book/(\d\d)_[a-z0-9_]+")                    # book/03_normalization
+logger = logging.getLogger(__name__)
 CODE_COMMENT = re.compile(r'<span class="c1">[^<]*</span>')                # pygments' comment spans
+HIGHLIGHTED = re.compile(r'(<div class="highlight"><pre>)(.*?)(</pre>)', re.DOTALL)   # pygments' blocks
+TAG = re.compile(r"<[^>]+>")
 MATH_BLOCK = re.compile(r'(<div class="math notranslate nohighlight" id="(equation-eq-[a-z0-9-]+)">.*?</div>)',
                         re.DOTALL)
 
@@ -158,12 +168,25 @@ def _label_exported_cells(app, doctree) -> None:
 
 
 def _offer_notebook_download(app, pagename, templatename, context, doctree) -> None:
+    """The chapter as an executed .ipynb: myst-nb writes its notebooks to jupyter_execute/ without
+    the outputs it took from the execution cache, so they are merged back from that cache here,
+    and the hidden fingerprint cell (see above) is left out. A chapter the cache does not hold
+    gets no download and a warning (which `make book`'s -W turns into an error)."""
     executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
     if not executed.exists():
         return
+    notebook, cache = nbformat.read(executed, as_version=4), app.env.mystnb_config.execution_cache_path
+    try:
+        if not cache:
+            raise KeyError("execution is off")
+        _, notebook = get_cache(cache).merge_match_into_notebook(notebook)
+    except KeyError:
+        logger.warning(f"{pagename}: no executed notebook in the cache, so the page offers no .ipynb download")
+        return
+    notebook.cells = [cell for cell in notebook.cells if not cell.source.startswith(FINGERPRINT_HEADER)]
     target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(executed, target)
+    nbformat.write(notebook, target)
     context["ipynb_source"] = f"{pagename}.ipynb"    # read by the theme's download menu (priority 501)
 
 
@@ -245,6 +268,7 @@ def _link_equations_and_code(app, pagename, templatename, context, doctree) -> N
         return f'<a class="nf-eqref" href="{uri(equations[eq[0]][0], nodes.make_id("equation-" + eq[0]))}">{eq[0]}</a>'
 
     body = CODE_COMMENT.sub(lambda comment: EQ_CITATION.sub(link, comment[0]), body)
+    body = HIGHLIGHTED.sub(lambda block: block[1] + _lines_with_indentation(block[2]) + block[3], body)
 
     def add_backlink(math: re.Match) -> str:
         found = sorted(implementers.get(math[2], ()))
@@ -254,6 +278,20 @@ def _link_equations_and_code(app, pagename, templatename, context, doctree) -> N
         return f'{math[0]}\n<p class="nf-implemented-by">implemented by {links}</p>'
 
     context["body"] = MATH_BLOCK.sub(add_backlink, body)
+
+
+def _lines_with_indentation(code: str) -> str:
+    """Each line of a pygments block as a span that knows its indentation (a hanging indent in CSS).
+
+    pygments closes its spans at every line end, so splitting on newlines keeps the HTML whole; the
+    newlines stay as text, so copying a block gives back its exact lines."""
+    lines = code.split("\n")
+    wrapped = []
+    for line in lines[:-1] if lines[-1] == "" else lines:
+        text = unescape(TAG.sub("", line))
+        indent = len(text) - len(text.lstrip(" "))
+        wrapped.append(f'<span class="nf-line" style="--nf-indent: {indent}ch">{line}</span>')
+    return "\n".join(wrapped) + ("\n" if lines[-1] == "" else "")
 
 
 def _provenance_footer(app, pagename, templatename, context, doctree) -> None:

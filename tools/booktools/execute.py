@@ -74,6 +74,9 @@ def code_fingerprint(path: Path) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
 
 
+FINGERPRINT_HEADER = "# The package modules this chapter runs on (re-executes when they change):"
+
+
 def fingerprint_cell(root: Path, chapter: str) -> tuple[str, list[Path]]:
     """The hidden code cell appended to a chapter (MyST text, "" for none) and the package files it
     fingerprints. The quick flag is part of it, so quick and full outputs never share a cache entry."""
@@ -82,8 +85,7 @@ def fingerprint_cell(root: Path, chapter: str) -> tuple[str, list[Path]]:
         return "", []
     lines = [f"# quick run: {'yes' if is_quick_run() else 'no'}"]
     lines += [f"# {dep.relative_to(root)} {code_fingerprint(dep)}" for dep in deps]
-    cell = ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n"
-            "# The package modules this chapter runs on (re-executes when they change):\n"
+    cell = ("\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n" + FINGERPRINT_HEADER + "\n"
             + "\n".join(lines) + "\n```\n")
     return cell, deps
 

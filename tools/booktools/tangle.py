@@ -182,6 +182,32 @@ def chapter_cells(root: Path, chapter: str) -> tuple[list[Cell], set[str], list[
     return cells, labels, code_cells
 
 
+# A figure the book measures is glued from the cell that measures it ({glue:text}`name`); typed
+# into the prose, it goes stale at the next build. What looks measured: a time (µs, ms, s, seconds,
+# minutes, hours), an accuracy or loss to four decimals, a percentage with decimals from 1%. A
+# paragraph (or table) that names its source, the seed notebooks or a paper, may quote theirs.
+MEASURED_LOOKING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:µs|ms)\b|(?<![\w.])\d+(?:\.\d+)?\s(?:s|seconds?|minutes?"
+                              r"|hours?)\b|(?<![\w.])0\.\d{4}\b|(?<![\w.])[1-9]\d*\.\d+\s?%")
+NAMES_ITS_SOURCE = re.compile(r"\bseed notebooks?\b|\bthe seed(?:'s)?\b|\bseed's\b|\|\s*seed\b|\bpapers?\b"
+                              r"|\breported\b", re.IGNORECASE)         # not "seeds": random seeds are ours
+NOT_PROSE = re.compile(r"\{[\w:-]+\}`[^`]*`|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", re.DOTALL)   # roles, code, math
+
+
+def refuse_typed_figures(root: Path, chapter: str) -> None:
+    """Stop at the first figure in the prose of `chapter` that looks measured but is typed."""
+    lines = (root / chapter).read_text(encoding="utf-8").splitlines()
+    for token in _markdown().parse("\n".join(lines)):
+        if token.type != "inline" or token.map is None or NAMES_ITS_SOURCE.search(token.content):
+            continue
+        found = MEASURED_LOOKING.search(NOT_PROSE.sub(" ", token.content))
+        if found:
+            first, last = token.map
+            line = next((n for n in range(first, last) if found[0] in lines[n]), first) + 1
+            raise TangleError(f"{chapter}:{line}: '{found[0]}' looks like a measured figure typed into the "
+                              "prose; glue it from the cell that measures it ({glue:text}`name`), or name its "
+                              "source (the seed notebooks, a paper) in the same paragraph")
+
+
 def _skip_cell_options(body: list[str], chapter: str, start: int) -> int:
     """Index of the first code line after MyST cell options (a ``---`` YAML block or ``:key:`` lines)."""
     if body and body[0].strip() == "---":
@@ -380,6 +406,8 @@ def render(root: Path) -> dict[str, Module]:
     modules: dict[str, Module] = {}
     seen: dict[str, str] = {}  # top-level name -> "chapter:line" of its definition
     chapters = {chapter: chapter_cells(root, chapter) for chapter in toc_chapters(root)}
+    for chapter in chapters:
+        refuse_typed_figures(root, chapter)
     labels = set().union(*(chapter_labels for _, chapter_labels, _ in chapters.values()))
     for chapter, (cells, _, _) in chapters.items():
         for cell in cells:
