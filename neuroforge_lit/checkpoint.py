@@ -1,9 +1,17 @@
 """Checkpoints: a model's complete state and its optimizer's. Hand-written (not generated from the book).
 
-The model's state is what the ``Layer`` protocol of the MLP chapter derives from each layer's
-declarations (``model.state_dict()``: parameters, buffers such as batch-norm statistics, and the
-states of the random generators the layers declare), so a new kind of layer or container is saved
-and restored without any change here.
+Persistence lives here, outside the chapters that teach the classes it serves. Two mixins give the
+book's base classes their state:
+
+* ``LayerState``, which ``layers.Layer`` inherits: ``declared()`` gathers what every layer inside a
+  model declares (``params``, ``buffers``, ``generators``) by path, and ``state_dict()`` /
+  ``check_state_dict()`` / ``load_state_dict()`` copy, check and restore all of it (parameters,
+  buffers such as batch-norm statistics, and the states of the random generators), so a new kind
+  of layer or container is saved and restored without any change here;
+* ``OptimizerState``, which ``optim.Optimizer`` inherits: its step counter, hyper-parameters and
+  per-parameter state as plain tensors and numbers, and their restoration, checked; the loaded
+  state meets its parameters at the next step (``Optimizer.step``), where shapes are checked and
+  it moves to their device and dtype, as in ``torch.optim``.
 
 Format: a short header and a payload. The payload is what ``torch.save`` writes for the dict
 below, holding only plain tensors, numbers, strings, lists and dicts, so that it loads with
@@ -36,7 +44,8 @@ import torch
 
 from neuroforge_lit.files import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_fit_position", "load_fit_position"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_fit_position", "load_fit_position",
+           "LayerState", "OptimizerState"]
 
 FORMAT, VERSION = "neuroforge-lit-checkpoint", 3
 MAGIC = b"NEUROFORGE-LIT-CHECKPOINT"
@@ -44,6 +53,123 @@ MAGIC = b"NEUROFORGE-LIT-CHECKPOINT"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+# --- the state of a layer and of an optimizer ---------------------------------------------------
+
+class LayerState:
+    """Mixed into ``layers.Layer``: a model's declared contents by path, and its state."""
+
+    def declared(self) -> dict[str, dict]:
+        """What this layer and every layer inside it declare, by path: {"params": {...},
+        "buffers": {...}, "generators": {...}} (the objects themselves, not copies)."""
+        found = {"params": {}, "buffers": {}, "generators": {}}
+        for path, layer in self.named_layers():
+            for kind, entries in found.items():
+                entries.update({path + name: value for name, value in getattr(layer, kind).items()})
+        return found
+
+    def state_dict(self) -> dict:
+        """A copy of everything that decides what the layer computes: parameters, buffers and
+        generator states, by path. Plain tensors, so torch.load(..., weights_only=True) reads it."""
+        declared = self.declared()
+        return {"params": {k: p.detach().clone() for k, p in declared["params"].items()},
+                "buffers": {k: b.detach().clone() for k, b in declared["buffers"].items()},
+                "generators": {k: g.get_state() for k, g in declared["generators"].items()}}
+
+    def check_state_dict(self, state) -> None:
+        """Raise ValueError, listing every problem, unless load_state_dict(state) would succeed."""
+        kinds = ("params", "buffers", "generators")
+        if not (isinstance(state, dict) and set(state) == set(kinds)
+                and all(isinstance(state[kind], dict) for kind in kinds)):
+            raise ValueError(f"a layer's state is a dict of three dicts, {kinds}; got {type(state).__name__}"
+                             f"{' with keys ' + str(sorted(map(str, state))) if isinstance(state, dict) else ''}")
+        problems = []
+        for kind, ours in self.declared().items():
+            what, theirs = kind.rstrip("s").replace("param", "parameter"), state[kind]
+            problems += [f"{what} {name!r} is missing from the state" for name in sorted(set(ours) - set(theirs))]
+            problems += [f"{what} {name!r} is in the state but not in the model"
+                         for name in sorted(set(theirs) - set(ours))]
+            for name in sorted(set(ours) & set(theirs)):
+                mine, value = ours[name], theirs[name]
+                if not isinstance(value, torch.Tensor):
+                    problems.append(f"{what} {name!r} is a {type(value).__name__}, not a tensor")
+                elif kind == "generators" and not _fits_generator(mine, value):
+                    problems.append(f"generator {name!r}: not a state of a {mine.device} generator")
+                elif kind != "generators" and (value.shape, value.dtype) != (mine.shape, mine.dtype):
+                    problems.append(f"{what} {name!r}: the model has {tuple(mine.shape)} {mine.dtype}, "
+                                    f"the state {tuple(value.shape)} {value.dtype}")
+        if problems:
+            raise ValueError("the state does not fit this model:\n  " + "\n  ".join(problems))
+
+    def load_state_dict(self, state) -> None:
+        """Copy a state_dict into this layer; nothing changes unless all of it fits."""
+        self.check_state_dict(state)
+        declared = self.declared()
+        for kind in ("params", "buffers"):
+            for name, tensor in declared[kind].items():
+                tensor.copy_(state[kind][name])
+        for name, generator in declared["generators"].items():
+            generator.set_state(state["generators"][name])
+
+
+def _fits_generator(generator: torch.Generator, state: torch.Tensor) -> bool:
+    """Whether a generator like this one accepts the state (tried on a scratch generator)."""
+    try:
+        torch.Generator(device=generator.device).set_state(state)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+class OptimizerState:
+    """Mixed into ``optim.Optimizer``: its state as plain data, and its restoration, checked.
+    Needs the optimizer's ``t``, ``state`` and ``hyperparameters()``."""
+
+    state_loaded = False          # True from load_state_dict until the next step fits the state
+
+    @property
+    def kind(self) -> str:
+        """The name that state_dict records and load_state_dict asks for."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict:
+        return {"type": self.kind, "t": self.t, "hyperparameters": self.hyperparameters(),
+                "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise ValueError, naming the problem, if load_state_dict would refuse state_dict."""
+        if not isinstance(state_dict, dict) or state_dict.get("type") != self.kind:
+            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is for {found}, not {self.kind}")
+        missing = {"t", "hyperparameters", "state"} - set(state_dict)
+        if missing:
+            raise ValueError(f"state_dict lacks {', '.join(sorted(missing))}")
+        try:
+            type(self)(**state_dict["hyperparameters"])       # the constructor checks every range
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"state_dict has bad hyperparameters: {error}") from None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state_dict; nothing changes if it is refused. The next step checks that the
+        loaded state fits its parameters (fit_loaded_state)."""
+        self.check_state_dict(state_dict)
+        for name, value in state_dict["hyperparameters"].items():
+            setattr(self, name, value)
+        self.t = state_dict["t"]
+        self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
+        self.state_loaded = bool(self.state)
+
+    def fit_loaded_state(self, params) -> list[dict]:
+        """The state of load_state_dict, checked against the parameters' shapes (nothing has changed
+        yet) and moved to their device and dtype."""
+        for i, (p, s) in enumerate(zip(params, self.state)):
+            for name, value in s.items():
+                if value.shape != p.shape:
+                    raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but the loaded "
+                                     f"state {name!r} has shape {tuple(value.shape)}")
+        self.state_loaded = False
+        return [{k: v.to(p.device, p.dtype) for k, v in s.items()} for p, s in zip(params, self.state)]
 
 
 def _without_storage(model) -> list[str]:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
+from neuroforge_lit.checkpoint import LayerState
 from neuroforge_lit.logistic import _check_params
 
 __all__ = [
@@ -75,8 +76,9 @@ def relu_backward(dout: torch.Tensor, cache) -> torch.Tensor:
 
 
 # book/02_mlp.md, section "Layers that remember"
-class Layer:
-    """A thin layer. It declares what it holds, and the methods below derive everything else.
+class Layer(LayerState):
+    """A thin layer. It declares what it holds, and the methods below derive everything else
+    (its state, for checkpoints, comes from LayerState in the hand-written checkpoint module).
 
     params: the trained tensors, by name; backward fills grads (same names) with their gradients.
     buffers: tensors that are state but are not trained (running statistics).
@@ -157,67 +159,6 @@ class Layer:
     def zero_gradients(self) -> None:
         for _, layer in self.named_layers():
             layer.grads = {name: torch.zeros_like(p) for name, p in layer.params.items()}
-
-    def declared(self) -> dict[str, dict]:
-        """What this layer and every layer inside it declare, by path: {"params": {...},
-        "buffers": {...}, "generators": {...}} (the objects themselves, not copies)."""
-        found = {"params": {}, "buffers": {}, "generators": {}}
-        for path, layer in self.named_layers():
-            for kind, entries in found.items():
-                entries.update({path + name: value for name, value in getattr(layer, kind).items()})
-        return found
-
-    def state_dict(self) -> dict:
-        """A copy of everything that decides what the layer computes: parameters, buffers and
-        generator states, by path. Plain tensors, so torch.load(..., weights_only=True) reads it."""
-        declared = self.declared()
-        return {"params": {k: p.detach().clone() for k, p in declared["params"].items()},
-                "buffers": {k: b.detach().clone() for k, b in declared["buffers"].items()},
-                "generators": {k: g.get_state() for k, g in declared["generators"].items()}}
-
-    def check_state_dict(self, state) -> None:
-        """Raise ValueError, listing every problem, unless load_state_dict(state) would succeed."""
-        kinds = ("params", "buffers", "generators")
-        if not (isinstance(state, dict) and set(state) == set(kinds)
-                and all(isinstance(state[kind], dict) for kind in kinds)):
-            raise ValueError(f"a layer's state is a dict of three dicts, {kinds}; got {type(state).__name__}"
-                             f"{' with keys ' + str(sorted(map(str, state))) if isinstance(state, dict) else ''}")
-        problems = []
-        for kind, ours in self.declared().items():
-            what, theirs = kind.rstrip("s").replace("param", "parameter"), state[kind]
-            problems += [f"{what} {name!r} is missing from the state" for name in sorted(set(ours) - set(theirs))]
-            problems += [f"{what} {name!r} is in the state but not in the model"
-                         for name in sorted(set(theirs) - set(ours))]
-            for name in sorted(set(ours) & set(theirs)):
-                mine, value = ours[name], theirs[name]
-                if not isinstance(value, torch.Tensor):
-                    problems.append(f"{what} {name!r} is a {type(value).__name__}, not a tensor")
-                elif kind == "generators" and not _fits_generator(mine, value):
-                    problems.append(f"generator {name!r}: not a state of a {mine.device} generator")
-                elif kind != "generators" and (value.shape, value.dtype) != (mine.shape, mine.dtype):
-                    problems.append(f"{what} {name!r}: the model has {tuple(mine.shape)} {mine.dtype}, "
-                                    f"the state {tuple(value.shape)} {value.dtype}")
-        if problems:
-            raise ValueError("the state does not fit this model:\n  " + "\n  ".join(problems))
-
-    def load_state_dict(self, state) -> None:
-        """Copy a state_dict into this layer; nothing changes unless all of it fits."""
-        self.check_state_dict(state)
-        declared = self.declared()
-        for kind in ("params", "buffers"):
-            for name, tensor in declared[kind].items():
-                tensor.copy_(state[kind][name])
-        for name, generator in declared["generators"].items():
-            generator.set_state(state["generators"][name])
-
-
-def _fits_generator(generator: torch.Generator, state: torch.Tensor) -> bool:
-    """Whether a generator like this one accepts the state (tried on a scratch generator)."""
-    try:
-        torch.Generator(device=generator.device).set_state(state)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
 
 
 # book/02_mlp.md, section "Layers that remember"

@@ -19,6 +19,8 @@ import weakref
 
 import torch
 
+from neuroforge_lit.checkpoint import OptimizerState
+
 __all__ = [
     "check_gradients",
     "check_distinct",
@@ -65,15 +67,15 @@ def _check_range(name: str, value: float, low: float, high: float = math.inf, hi
         raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
 
 
-class Optimizer:
-    """Base class: per-parameter state, one step counter, checks, and state_dict / load_state_dict.
-    A subclass writes update(p, g, state) for one parameter (and init_state for its state)."""
+class Optimizer(OptimizerState):
+    """Base class: per-parameter state, one step counter and the checks. A subclass writes
+    update(p, g, state) for one parameter (and init_state for its state). Saving and loading the
+    state (state_dict, load_state_dict) come from OptimizerState, in the checkpoint module."""
 
     def __init__(self, lr: float):
         self.lr = lr
         self.t = 0                                 # steps taken
         self.state: list[dict[str, torch.Tensor]] = []
-        self.state_loaded = False                  # True from load_state_dict until the next step
         self.last_grads: list = []                 # what the last step applied: (weak reference, version)
 
     @property
@@ -97,8 +99,8 @@ class Optimizer:
         applied = [(weakref.ref(g), None if g.is_inference() else g._version) for g in grads]
         if not self.state:
             self.state = [self.init_state(p) for p in params]
-        elif self.state_loaded:
-            self.state = self._fit_loaded_state(params)
+        elif self.state_loaded:                     # from a checkpoint: meets its parameters now
+            self.state = self.fit_loaded_state(params)
         self.t += 1
         if params:
             self.update_all(params, grads)
@@ -137,51 +139,8 @@ class Optimizer:
                 f"the gradient of parameter {bad[0]} (shape {tuple(grads[bad[0]].shape)}) "
                 "contains NaN or inf; the step was not taken and the optimizer is unchanged")
 
-    def _fit_loaded_state(self, params):
-        """The state of load_state_dict, checked against the parameters' shapes (nothing has changed
-        yet) and moved to their device and dtype."""
-        for i, (p, s) in enumerate(zip(params, self.state)):
-            for name, value in s.items():
-                if value.shape != p.shape:
-                    raise ValueError(f"parameter {i} has shape {tuple(p.shape)} but the loaded "
-                                     f"state {name!r} has shape {tuple(value.shape)}")
-        self.state_loaded = False
-        return [{k: v.to(p.device, p.dtype) for k, v in s.items()} for p, s in zip(params, self.state)]
-
     def hyperparameters(self) -> dict:
         return {"lr": self.lr}
-
-    @property
-    def kind(self) -> str:
-        """The name that state_dict records and load_state_dict asks for."""
-        return type(self).__name__
-
-    def state_dict(self) -> dict:
-        return {"type": self.kind, "t": self.t, "hyperparameters": self.hyperparameters(),
-                "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
-
-    def check_state_dict(self, state_dict: dict) -> None:
-        """Raise ValueError, naming the problem, if load_state_dict would refuse state_dict."""
-        if not isinstance(state_dict, dict) or state_dict.get("type") != self.kind:
-            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
-            raise ValueError(f"state_dict is for {found}, not {self.kind}")
-        missing = {"t", "hyperparameters", "state"} - set(state_dict)
-        if missing:
-            raise ValueError(f"state_dict lacks {', '.join(sorted(missing))}")
-        try:
-            type(self)(**state_dict["hyperparameters"])       # the constructor checks every range
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"state_dict has bad hyperparameters: {error}") from None
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a state_dict; nothing changes if it is refused. The next step checks that the
-        loaded state fits its parameters."""
-        self.check_state_dict(state_dict)
-        for name, value in state_dict["hyperparameters"].items():
-            setattr(self, name, value)
-        self.t = state_dict["t"]
-        self.state = [{k: v.clone() for k, v in s.items()} for s in state_dict["state"]]
-        self.state_loaded = bool(self.state)
 
 
 class GradientDescent(Optimizer):

@@ -3,6 +3,7 @@ container the checkpoint code has never heard of (it relies on the Layer protoco
 
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,24 @@ def test_a_model_without_storage_is_refused(tmp_path):
         load_checkpoint(tmp_path / "f.pt", meta)
     with pytest.raises(CheckpointError, match="meta device"):
         save_checkpoint(tmp_path / "g.pt", meta)
+
+
+def test_a_checkpoint_written_before_the_state_moved_to_the_mixins_loads_unchanged():
+    """tests/data/checkpoint-v3-state-on-layer.ckpt was written at commit 6bdc62d, when Layer and
+    Optimizer held their own state_dict methods (chapter 2), by this file's model_and_optimizer()
+    and train(..., 0). Loaded now, through LayerState and OptimizerState, it must give exactly the
+    state that the same seeded training gives today, and training on from it must match too."""
+    path = Path(__file__).with_name("data") / "checkpoint-v3-state-on-layer.ckpt"
+    model, opt = model_and_optimizer()
+    train(model, opt, 0)
+    loaded, loaded_opt = model_and_optimizer(seed=5)
+    extra = load_checkpoint(path, loaded, loaded_opt)
+    assert extra == {"written by": "commit 6bdc62d, state methods on Layer"}
+    for kind in ("params", "buffers"):
+        ours, theirs = model.state_dict()[kind], loaded.state_dict()[kind]
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), kind
+    assert torch.equal(model.layers[3].generators["mask"].get_state(), loaded.layers[3].generators["mask"].get_state())
+    assert (loaded_opt.t, loaded_opt.hyperparameters()) == (opt.t, opt.hyperparameters())
+    train(model, opt, 1)
+    train(loaded, loaded_opt, 1)
+    assert_tensors_equal(model.parameters(), loaded.parameters(), "trained on from the old checkpoint")
