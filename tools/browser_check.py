@@ -199,11 +199,10 @@ def check_phone(pg, page: Path, shot: Path) -> list[str]:
     problems = []
     pg.goto(page.as_uri(), wait_until="load")
     pg.wait_for_timeout(300)
-    code = pg.evaluate("""() => Array.from(document.querySelectorAll('main div.highlight pre')).map(p =>
-        [p.scrollWidth > p.clientWidth + 1, parseFloat(getComputedStyle(p).fontSize),
-         p.innerText.split('\\n')[0].slice(0, 60)])""")
-    wide = [text for too_wide, _, text in code if too_wide]
-    small = sorted({size for _, size, _ in code if size < SMALLEST_CODE_FONT})
+    wide = pg.evaluate(LAYOUT)["wide_blocks"]                 # the same measure as at 1280 px
+    sizes = pg.evaluate("() => Array.from(document.querySelectorAll('main div.highlight pre'))"
+                        ".map(p => parseFloat(getComputedStyle(p).fontSize))")
+    small = sorted({size for size in sizes if size < SMALLEST_CODE_FONT})
     if wide:
         problems.append(f"code blocks wider than a 390 px screen, starting: {wide[:3]}")
     if small:
